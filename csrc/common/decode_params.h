@@ -1,0 +1,52 @@
+// What every decode kernel reads: the problem, the schedule, and where partial results go.
+#pragma once
+
+#include <cstdint>
+
+namespace flash_mla_backend {
+
+constexpr int kPageSize = 64;
+constexpr int kHeadDimQK = 576;
+constexpr int kHeadDimV = 512;
+constexpr int kTileSchedulerMetadataSize = 8;
+// Scheduler cost of starting a request, in pages of KV (kept equal to reference.FIXED_REQUEST_COST).
+constexpr int kFixedRequestCost = 5;
+constexpr float kLn2 = 0.69314718055994530942f;
+
+// One row of tile_scheduler_metadata. A part with no work has begin_req > end_req.
+struct SchedulerPart {
+  int begin_req;    // first request of the part
+  int end_req;      // last request of the part (inclusive)
+  int begin_page;   // first page of begin_req
+  int end_page;     // end page (exclusive) of end_req
+  int first_split;  // split row of begin_req's piece; later requests start at num_splits[req]
+};
+
+struct DecodeParams {
+  const void* q;             // [batch, s_q, h_q, 576]
+  const void* k_cache;       // [num_blocks, 64, h_kv, 576]; V = first 512 columns
+  const int* block_table;    // [batch, max_pages]
+  const int* cache_seqlens;  // [batch]
+  const int* tile_scheduler_metadata;  // [num_sm_parts, 8]
+  const int* num_splits;               // [batch + 1], exclusive prefix sum of splits per request
+  void* out;                 // [batch, s_q, h_q, 512]
+  float* lse;                // [batch, h_q, s_q], contiguous, natural log
+  // Partial results of split requests, indexed by split row:
+  float* out_accum;          // [num_split_rows, h_kv, rows_per_kv_head, 512]
+  float* lse_accum;          // [num_split_rows, h_kv, rows_per_kv_head], log2
+
+  int64_t q_batch_stride, q_seq_stride, q_head_stride;
+  int64_t k_block_stride, k_token_stride, k_head_stride;
+  int64_t block_table_batch_stride;
+  int64_t o_batch_stride, o_seq_stride, o_head_stride;
+
+  int batch, s_q, h_q, h_kv;
+  int heads_per_kv;      // h_q / h_kv
+  int rows_per_kv_head;  // s_q * heads_per_kv; query row r is (token r / heads_per_kv, head r % heads_per_kv)
+  int max_pages;         // block_table's width; a longer request gets NaN
+  int num_sm_parts;
+  float scale_log2;      // softmax_scale * log2(e)
+  bool causal;
+};
+
+}  // namespace flash_mla_backend

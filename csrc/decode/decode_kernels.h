@@ -1,0 +1,32 @@
+// The decode kernels the extension was built with, looked up by name from Python's planner.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "common/decode_params.h"
+
+namespace flash_mla_backend {
+
+using DecodeLauncher = void (*)(const DecodeParams& params, cudaStream_t stream);
+
+struct DecodeKernel {
+  const char* name;
+  int block_m;        // query rows per CTA tile; the planner sizes the schedule by it
+  int smem_bytes;     // dynamic shared memory per CTA
+  int min_cc_major, min_cc_minor;
+  DecodeLauncher bf16;
+  DecodeLauncher fp16;
+};
+
+// Contract of every decode kernel, for each scheduler part (see SchedulerPart) and each
+// (request, kv head, query row) it covers over the part's page range:
+//  - keys at or past cache_seqlens[req] and causally hidden keys do not contribute (their cache
+//    rows may hold NaN);
+//  - a request with a single split writes `out` (normalised) and `lse` (natural log, +inf when
+//    no key is visible) directly; a split request writes its normalised partial output to
+//    out_accum and its log2 LSE (-inf when no key is visible) to lse_accum at its split row,
+//    and the combine kernel merges them;
+//  - a request with cache_seqlens outside [0, max_pages * 64] gets NaN.
+const DecodeKernel* sm80_decode_kernels();  // array, terminated by an entry with name == nullptr
+
+}  // namespace flash_mla_backend

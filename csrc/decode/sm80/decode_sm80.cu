@@ -1,0 +1,46 @@
+// Instantiates the portable decode kernel for each tile shape and element type.
+#include "decode/decode_kernels.h"
+#include "decode/sm80/decode_sm80.cuh"
+
+#include <stdexcept>
+#include <string>
+
+namespace flash_mla_backend {
+namespace {
+
+template <typename Cfg>
+void launch(const DecodeParams& params, cudaStream_t stream) {
+  auto* kernel = sm80::decode_kernel<Cfg>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("flash_mla_backend: the decode kernel needs ") +
+                             std::to_string(Cfg::kSmemBytes) + " bytes of shared memory: " + cudaGetErrorString(err));
+  const int num_m_blocks = (params.rows_per_kv_head + Cfg::kBlockM - 1) / Cfg::kBlockM;
+  dim3 grid(num_m_blocks, params.h_kv, params.num_sm_parts);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
+}
+
+// 64 query rows by 2 column halves (8 warps), and 16 rows by 4 column quarters (4 warps), whose
+// ~92 KB of shared memory also fits sm_86/sm_89.
+template <typename Element>
+using Rows64 = sm80::DecodeConfig<Element, 4, 2>;
+template <typename Element>
+using Rows16 = sm80::DecodeConfig<Element, 1, 4>;
+
+template <template <typename> class Cfg>
+constexpr DecodeKernel make_kernel(const char* name) {
+  return {name, Cfg<__nv_bfloat16>::kBlockM, Cfg<__nv_bfloat16>::kSmemBytes, 8, 0,
+          &launch<Cfg<__nv_bfloat16>>, &launch<Cfg<__half>>};
+}
+
+const DecodeKernel kKernels[] = {
+    make_kernel<Rows64>("sm80_m64"),
+    make_kernel<Rows16>("sm80_m16"),
+    {nullptr, 0, 0, 0, 0, nullptr, nullptr},
+};
+
+}  // namespace
+
+const DecodeKernel* sm80_decode_kernels() { return kKernels; }
+
+}  // namespace flash_mla_backend

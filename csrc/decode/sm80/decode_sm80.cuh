@@ -1,0 +1,343 @@
+// Portable MLA decode kernel (sm_80 and newer): mma.sync tensor-core math, cp.async loads.
+//
+// One CTA per (query-row tile, kv head, scheduler part). The CTA walks the requests of its part;
+// for each it keeps the tile's Q in shared memory and streams the part's keys in blocks of 32
+// (double-buffered), with an online softmax in base 2.
+//
+// Warp (row_group, col_split): the warps of one row group share 16 query rows. For Q.K^T each
+// computes the scores of its own slice of the 32 keys; the row maxima and sums are exchanged
+// through shared memory and the probabilities written there, so that for P.V each warp owns
+// 512 / kColSplits value columns of the output for all 32 keys.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <math_constants.h>
+
+#include <climits>
+
+#include "common/decode_params.h"
+#include "common/ptx_sm80.cuh"
+
+namespace flash_mla_backend {
+namespace sm80 {
+
+template <typename Element_, int kRowGroups_, int kColSplits_>
+struct DecodeConfig {
+  using Element = Element_;
+  static constexpr int kRowGroups = kRowGroups_;
+  static constexpr int kColSplits = kColSplits_;
+  static constexpr int kBlockM = 16 * kRowGroups;
+  static constexpr int kBlockN = 32;  // keys per pipeline step
+  static constexpr int kThreads = 32 * kRowGroups * kColSplits;
+  static constexpr int kKeysPerWarp = kBlockN / kColSplits;
+  static constexpr int kScoreTiles = kKeysPerWarp / 8;  // mma n-tiles of the scores per warp
+  static constexpr int kValueColsPerWarp = kHeadDimV / kColSplits;
+  static constexpr int kValueTiles = kValueColsPerWarp / 8;
+  static constexpr int kChunksPerRow = kHeadDimQK / 8;  // 16-byte chunks in a 576-wide row
+  static constexpr int kProbStride = kBlockN + 8;       // padding keeps ldmatrix on P conflict-free
+
+  static constexpr int kQElems = kBlockM * kHeadDimQK;
+  static constexpr int kKElems = kBlockN * kHeadDimQK;
+  static constexpr int kProbElems = kBlockM * kProbStride;
+  static constexpr int kSmemBytes =
+      (kQElems + 2 * kKElems + kProbElems) * int(sizeof(Element)) + 2 * kColSplits * kBlockM * int(sizeof(float));
+
+  static_assert(kScoreTiles >= 1 && kKeysPerWarp % 8 == 0, "each warp scores a multiple of 8 keys");
+  static_assert(kValueTiles % 2 == 0, "value tiles are loaded in pairs");
+};
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a 576-wide tile. XOR-ing the chunk
+// with the row spreads the 8 rows an ldmatrix reads over all shared-memory banks.
+__device__ __forceinline__ int swizzled_offset(int row, int chunk) {
+  return row * kHeadDimQK + ((chunk ^ (row & 7)) << 3);
+}
+
+template <typename Cfg>
+class DecodeCta {
+  using Element = typename Cfg::Element;
+  using Mma = MmaTraits<Element>;
+
+ public:
+  __device__ DecodeCta(const DecodeParams& p, char* smem)
+      : p_(p),
+        s_q_(reinterpret_cast<Element*>(smem)),
+        s_k_(s_q_ + Cfg::kQElems),
+        s_prob_(s_k_ + 2 * Cfg::kKElems),
+        s_row_max_(reinterpret_cast<float*>(s_prob_ + Cfg::kProbElems)),
+        s_row_sum_(s_row_max_ + Cfg::kColSplits * Cfg::kBlockM),
+        m_block_(blockIdx.x),
+        kv_head_(blockIdx.y),
+        warp_(threadIdx.x / 32),
+        lane_(threadIdx.x % 32),
+        row_group_(warp_ / Cfg::kColSplits),
+        col_split_(warp_ % Cfg::kColSplits) {}
+
+  __device__ void run() {
+    const int* md = p_.tile_scheduler_metadata + blockIdx.z * kTileSchedulerMetadataSize;
+    const SchedulerPart part{md[0], md[1], md[2], md[3], md[4]};
+    for (int req = part.begin_req; req <= part.end_req; ++req) {
+      const int split_row = req == part.begin_req ? part.first_split : p_.num_splits[req];
+      const int page_begin = req == part.begin_req ? part.begin_page : 0;
+      const int page_end = req == part.end_req ? part.end_page : INT_MAX;
+      process_request(req, page_begin, page_end, split_row);
+    }
+  }
+
+ private:
+  // Query rows of this thread's accumulator fragments: row_in_tile(0) and row_in_tile(1).
+  __device__ int row_in_tile(int half) const { return 16 * row_group_ + lane_ / 4 + 8 * half; }
+
+  __device__ void process_request(int req, int page_begin, int page_end, int split_row) {
+    const int seqlen = p_.cache_seqlens[req];
+    const bool valid_length = seqlen >= 0 && seqlen <= p_.max_pages * kPageSize;
+    int key_begin = page_begin * kPageSize;
+    int key_end = valid_length ? min(seqlen, page_end == INT_MAX ? seqlen : page_end * kPageSize) : 0;
+    if (p_.causal) {
+      // The tile's last query token sees the most keys.
+      const int last_row = min((m_block_ + 1) * Cfg::kBlockM, p_.rows_per_kv_head) - 1;
+      key_end = min(key_end, seqlen - p_.s_q + last_row / p_.heads_per_kv + 1);
+    }
+    const int num_blocks = key_end > key_begin ? (key_end - key_begin + Cfg::kBlockN - 1) / Cfg::kBlockN : 0;
+
+    float acc[Cfg::kValueTiles][4];
+    float row_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+    float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < Cfg::kValueTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+    if (num_blocks > 0) {
+      load_q(req);
+      load_keys(req, key_begin, key_end, 0);
+      cp_async_commit();
+      for (int block = 0; block < num_blocks; ++block) {
+        if (block + 1 < num_blocks) {
+          load_keys(req, key_begin + (block + 1) * Cfg::kBlockN, key_end, (block + 1) & 1);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        attend_block(seqlen, key_begin + block * Cfg::kBlockN, key_end, block & 1, acc, row_max, row_sum);
+        __syncthreads();  // the next step overwrites this key buffer, the probabilities and the row statistics
+      }
+    }
+    write_result(req, split_row, valid_length, acc, row_max, row_sum);
+  }
+
+  __device__ void load_q(int req) {
+    const Element* q = static_cast<const Element*>(p_.q) + req * p_.q_batch_stride;
+    for (int idx = threadIdx.x; idx < Cfg::kBlockM * Cfg::kChunksPerRow; idx += Cfg::kThreads) {
+      const int row = idx / Cfg::kChunksPerRow, chunk = idx % Cfg::kChunksPerRow;
+      const int q_row = m_block_ * Cfg::kBlockM + row;
+      const bool valid = q_row < p_.rows_per_kv_head;
+      const Element* src = q;
+      if (valid) {
+        const int token = q_row / p_.heads_per_kv;
+        const int head = kv_head_ * p_.heads_per_kv + q_row % p_.heads_per_kv;
+        src += token * p_.q_seq_stride + head * p_.q_head_stride + chunk * 8;
+      }
+      cp_async_16(smem_address(s_q_ + swizzled_offset(row, chunk)), src, valid);
+    }
+  }
+
+  __device__ void load_keys(int req, int first_key, int key_end, int buffer) {
+    const Element* k_cache = static_cast<const Element*>(p_.k_cache);
+    const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
+    Element* dst = s_k_ + buffer * Cfg::kKElems;
+    for (int idx = threadIdx.x; idx < Cfg::kBlockN * Cfg::kChunksPerRow; idx += Cfg::kThreads) {
+      const int row = idx / Cfg::kChunksPerRow, chunk = idx % Cfg::kChunksPerRow;
+      const int key = first_key + row;
+      const bool valid = key < key_end;
+      const Element* src = k_cache;
+      if (valid) {
+        const int64_t block = block_table[key / kPageSize];
+        src += block * p_.k_block_stride + (key % kPageSize) * p_.k_token_stride + kv_head_ * p_.k_head_stride +
+               chunk * 8;
+      }
+      cp_async_16(smem_address(dst + swizzled_offset(row, chunk)), src, valid);
+    }
+  }
+
+  __device__ void attend_block(int seqlen, int first_key, int key_end, int buffer, float (&acc)[Cfg::kValueTiles][4],
+                               float (&row_max)[2], float (&row_sum)[2]) {
+    const Element* keys = s_k_ + buffer * Cfg::kKElems;
+    float scores[Cfg::kScoreTiles][4];
+    compute_scores(keys, scores);
+
+    // Scale into base 2 and mask keys past the end and causally hidden keys.
+    float block_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+#pragma unroll
+    for (int n = 0; n < Cfg::kScoreTiles; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = first_key + col_split_ * Cfg::kKeysPerWarp + n * 8 + 2 * (lane_ % 4) + (e & 1);
+        const int q_row = m_block_ * Cfg::kBlockM + row_in_tile(e / 2);
+        bool visible = key < key_end;
+        if (p_.causal) visible = visible && key <= seqlen - p_.s_q + q_row / p_.heads_per_kv;
+        scores[n][e] = visible ? scores[n][e] * p_.scale_log2 : -CUDART_INF_F;
+        block_max[e / 2] = fmaxf(block_max[e / 2], scores[n][e]);
+      }
+    }
+    share_across_quad_and_warps(block_max, s_row_max_, [](float a, float b) { return fmaxf(a, b); });
+    __syncthreads();
+
+    float new_max[2], rescale[2], block_sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      new_max[half] = row_max[half];
+#pragma unroll
+      for (int c = 0; c < Cfg::kColSplits; ++c)
+        new_max[half] = fmaxf(new_max[half], s_row_max_[c * Cfg::kBlockM + row_in_tile(half)]);
+      // A row with nothing visible yet keeps max -inf; subtracting 0 keeps its exponentials at 0, not NaN.
+      const float reference = new_max[half] == -CUDART_INF_F ? 0.f : new_max[half];
+      rescale[half] = exp2f(row_max[half] - reference);
+      row_max[half] = new_max[half];
+      new_max[half] = reference;
+    }
+#pragma unroll
+    for (int n = 0; n < Cfg::kScoreTiles; ++n) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float p0 = exp2f(scores[n][2 * half] - new_max[half]);
+        const float p1 = exp2f(scores[n][2 * half + 1] - new_max[half]);
+        block_sum[half] += p0 + p1;
+        const int col = col_split_ * Cfg::kKeysPerWarp + n * 8 + 2 * (lane_ % 4);
+        *reinterpret_cast<uint32_t*>(s_prob_ + row_in_tile(half) * Cfg::kProbStride + col) = Mma::pack(p0, p1);
+      }
+    }
+    share_across_quad_and_warps(block_sum, s_row_sum_, [](float a, float b) { return a + b; });
+    __syncthreads();
+
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float total = 0.f;
+#pragma unroll
+      for (int c = 0; c < Cfg::kColSplits; ++c) total += s_row_sum_[c * Cfg::kBlockM + row_in_tile(half)];
+      row_sum[half] = row_sum[half] * rescale[half] + total;
+    }
+#pragma unroll
+    for (int n = 0; n < Cfg::kValueTiles; ++n) {
+      acc[n][0] *= rescale[0];
+      acc[n][1] *= rescale[0];
+      acc[n][2] *= rescale[1];
+      acc[n][3] *= rescale[1];
+    }
+    accumulate_values(keys, acc);
+  }
+
+  // S[16 rows of this row group, this warp's keys] = Q . K^T over all 576 columns.
+  __device__ void compute_scores(const Element* keys, float (&scores)[Cfg::kScoreTiles][4]) const {
+#pragma unroll
+    for (int n = 0; n < Cfg::kScoreTiles; ++n) scores[n][0] = scores[n][1] = scores[n][2] = scores[n][3] = 0.f;
+    const int q_row = 16 * row_group_ + lane_ % 16;
+    const int first_key = col_split_ * Cfg::kKeysPerWarp;
+#pragma unroll 4
+    for (int kstep = 0; kstep < kHeadDimQK / 16; kstep += 2) {
+      uint32_t a[2][4];
+      ldmatrix_x4(a[0], smem_address(s_q_ + swizzled_offset(q_row, 2 * kstep + lane_ / 16)));
+      ldmatrix_x4(a[1], smem_address(s_q_ + swizzled_offset(q_row, 2 * kstep + 2 + lane_ / 16)));
+      if constexpr (Cfg::kScoreTiles == 1) {
+        // One x4 load: 8 keys, the 4 chunks of two k-steps.
+        uint32_t b[4];
+        ldmatrix_x4(b, smem_address(keys + swizzled_offset(first_key + lane_ % 8, 2 * kstep + lane_ / 8)));
+        Mma::mma(scores[0], a[0], b[0], b[1]);
+        Mma::mma(scores[0], a[1], b[2], b[3]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+#pragma unroll
+          for (int n = 0; n < Cfg::kScoreTiles; n += 2) {
+            // One x4 load: two 8-key tiles, both chunks of one k-step.
+            uint32_t b[4];
+            const int key = first_key + n * 8 + (lane_ / 16) * 8 + lane_ % 8;
+            ldmatrix_x4(b, smem_address(keys + swizzled_offset(key, 2 * (kstep + k) + (lane_ / 8) % 2)));
+            Mma::mma(scores[n], a[k], b[0], b[1]);
+            Mma::mma(scores[n + 1], a[k], b[2], b[3]);
+          }
+        }
+      }
+    }
+  }
+
+  // O[16 rows, this warp's value columns] += P[16 rows, 32 keys] . V[32 keys, columns].
+  __device__ void accumulate_values(const Element* keys, float (&acc)[Cfg::kValueTiles][4]) const {
+    const int first_chunk = col_split_ * Cfg::kValueColsPerWarp / 8;
+#pragma unroll
+    for (int kstep = 0; kstep < Cfg::kBlockN / 16; ++kstep) {
+      uint32_t a[4];
+      ldmatrix_x4(a, smem_address(s_prob_ + (16 * row_group_ + lane_ % 16) * Cfg::kProbStride + kstep * 16 +
+                                  (lane_ / 16) * 8));
+      const int key = kstep * 16 + lane_ % 8 + ((lane_ / 8) % 2) * 8;
+#pragma unroll
+      for (int n = 0; n < Cfg::kValueTiles; n += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, smem_address(keys + swizzled_offset(key, first_chunk + n + lane_ / 16)));
+        Mma::mma(acc[n], a, b[0], b[1]);
+        Mma::mma(acc[n + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // Reduces over the 4 lanes that share a row, then publishes this warp's value per row.
+  template <typename Op>
+  __device__ void share_across_quad_and_warps(float (&value)[2], float* shared, Op op) const {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      value[half] = op(value[half], __shfl_xor_sync(0xffffffff, value[half], 1));
+      value[half] = op(value[half], __shfl_xor_sync(0xffffffff, value[half], 2));
+      if (lane_ % 4 == 0) shared[col_split_ * Cfg::kBlockM + row_in_tile(half)] = value[half];
+    }
+  }
+
+  __device__ void write_result(int req, int split_row, bool valid_length, const float (&acc)[Cfg::kValueTiles][4],
+                               const float (&row_max)[2], const float (&row_sum)[2]) const {
+    const bool final_output = p_.num_splits[req + 1] - p_.num_splits[req] == 1;
+    const int first_col = col_split_ * Cfg::kValueColsPerWarp + 2 * (lane_ % 4);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int q_row = m_block_ * Cfg::kBlockM + row_in_tile(half);
+      if (q_row >= p_.rows_per_kv_head) continue;
+      const int token = q_row / p_.heads_per_kv;
+      const int head = kv_head_ * p_.heads_per_kv + q_row % p_.heads_per_kv;
+      const bool seen = row_sum[half] > 0.f;
+      const float inv_sum = !valid_length ? CUDART_NAN_F : seen ? 1.f / row_sum[half] : 0.f;
+      const float lse_log2 = !valid_length ? CUDART_NAN_F : seen ? row_max[half] + log2f(row_sum[half]) : -CUDART_INF_F;
+      if (final_output) {
+        Element* out = static_cast<Element*>(p_.out) + req * p_.o_batch_stride + token * p_.o_seq_stride +
+                       head * p_.o_head_stride + first_col;
+#pragma unroll
+        for (int n = 0; n < Cfg::kValueTiles; ++n)
+          *reinterpret_cast<uint32_t*>(out + n * 8) =
+              Mma::pack(acc[n][2 * half] * inv_sum, acc[n][2 * half + 1] * inv_sum);
+        if (col_split_ == 0 && lane_ % 4 == 0)
+          p_.lse[(int64_t(req) * p_.h_q + head) * p_.s_q + token] =
+              lse_log2 == -CUDART_INF_F ? CUDART_INF_F : lse_log2 * kLn2;
+      } else {
+        const int64_t accum_row = (int64_t(split_row) * p_.h_kv + kv_head_) * p_.rows_per_kv_head + q_row;
+        float* out = p_.out_accum + accum_row * kHeadDimV + first_col;
+#pragma unroll
+        for (int n = 0; n < Cfg::kValueTiles; ++n)
+          *reinterpret_cast<float2*>(out + n * 8) = make_float2(acc[n][2 * half] * inv_sum, acc[n][2 * half + 1] * inv_sum);
+        if (col_split_ == 0 && lane_ % 4 == 0) p_.lse_accum[accum_row] = lse_log2;
+      }
+    }
+  }
+
+  const DecodeParams& p_;
+  Element* const s_q_;
+  Element* const s_k_;
+  Element* const s_prob_;
+  float* const s_row_max_;
+  float* const s_row_sum_;
+  const int m_block_, kv_head_, warp_, lane_, row_group_, col_split_;
+};
+
+template <typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) decode_kernel(const __grid_constant__ DecodeParams params) {
+  extern __shared__ __align__(128) char smem[];
+  DecodeCta<Cfg>(params, smem).run();
+}
+
+}  // namespace sm80
+}  // namespace flash_mla_backend

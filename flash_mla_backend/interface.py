@@ -1,0 +1,181 @@
+"""The public API: FlashMLA's explicit-metadata interface over our torch ops.
+
+Every argument is validated here, before any kernel runs, so that bad input raises a Python
+exception naming the argument instead of crashing the process or returning a wrong answer.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from flash_mla_backend import reference
+from flash_mla_backend._ops import ops
+from flash_mla_backend._plan import plan_decode
+
+PAGE_SIZE = reference.PAGE_SIZE
+HEAD_DIM_QK = reference.HEAD_DIM_QK
+HEAD_DIM_V = reference.HEAD_DIM_V
+TILE_SCHEDULER_METADATA_SIZE = reference.TILE_SCHEDULER_METADATA_SIZE
+_INPUT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def _check_tensor(name, t, *, dtypes, ndim, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype {' or '.join(map(str, dtypes))}; got {_describe(t)}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions; got {_describe(t)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs; got {_describe(t)}")
+
+
+def _check_shape(name, t, expected):
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}; got {_describe(t)}")
+
+
+def _check_vector_loads(name, t):
+    # The kernels load and store 16-byte vectors along the head dimension.
+    elems = 16 // t.element_size()
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension; got strides {t.stride()}")
+    if any(s % elems for s in t.stride()[:-1]) or t.data_ptr() % 16:
+        raise ValueError(
+            f"{name} must be 16-byte aligned with strides that are multiples of {elems} elements; "
+            f"got strides {t.stride()}"
+        )
+
+
+def get_mla_metadata(
+    cache_seqlens: torch.Tensor,
+    num_q_tokens_per_head_k: int,
+    num_heads_k: int,
+    num_heads_q: Optional[int] = None,
+    is_fp8_kvcache: bool = False,
+    topk: Optional[int] = None,
+    *,
+    out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Computes the split-KV schedule for `flash_mla_with_kvcache`.
+
+    cache_seqlens: int32 [batch]. num_q_tokens_per_head_k: s_q * h_q // h_kv.
+    Returns (tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [batch + 1]).
+    On a CUDA tensor this is one kernel on the current stream, with no host synchronisation,
+    so it can be captured in a CUDA graph; `out` supplies persistent output buffers.
+    """
+    _check_tensor("cache_seqlens", cache_seqlens, dtypes=(torch.int32,), ndim=1)
+    if cache_seqlens.numel() == 0:
+        raise ValueError("cache_seqlens must hold at least one request; got an empty tensor")
+    for name, value in (("num_q_tokens_per_head_k", num_q_tokens_per_head_k), ("num_heads_k", num_heads_k)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if num_heads_q is not None and (num_heads_q % num_heads_k or num_heads_q < 1):
+        raise ValueError(f"num_heads_q must be a positive multiple of num_heads_k={num_heads_k}; got {num_heads_q}")
+    if topk is not None:
+        raise ValueError(f"topk: sparse attention is not supported; pass topk=None (got {topk})")
+    if is_fp8_kvcache:
+        raise ValueError("is_fp8_kvcache: FP8 KV caches are not supported yet; pass False")
+
+    plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, cache_seqlens.device)
+    batch = cache_seqlens.shape[0]
+    if cache_seqlens.device.type != "cuda":
+        result = reference.mla_metadata(cache_seqlens, plan.num_sm_parts)
+        if out is None:
+            return result
+        for buffer, value in zip(out, result):
+            buffer.copy_(value)
+        return out
+
+    if out is None:
+        tile_scheduler_metadata = torch.empty(
+            plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE, dtype=torch.int32, device=cache_seqlens.device
+        )
+        num_splits = torch.empty(batch + 1, dtype=torch.int32, device=cache_seqlens.device)
+    else:
+        tile_scheduler_metadata, num_splits = out
+        _check_tensor("out[0] (tile_scheduler_metadata)", tile_scheduler_metadata, dtypes=(torch.int32,), ndim=2,
+                      device=cache_seqlens.device)
+        _check_shape("out[0] (tile_scheduler_metadata)", tile_scheduler_metadata,
+                     (plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE))
+        _check_tensor("out[1] (num_splits)", num_splits, dtypes=(torch.int32,), ndim=1, device=cache_seqlens.device)
+        _check_shape("out[1] (num_splits)", num_splits, (batch + 1,))
+        for name, t in (("out[0]", tile_scheduler_metadata), ("out[1]", num_splits)):
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous; got strides {t.stride()}")
+    ops().get_mla_metadata(cache_seqlens.contiguous(), tile_scheduler_metadata, num_splits)
+    return tile_scheduler_metadata, num_splits
+
+
+def flash_mla_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int,
+    tile_scheduler_metadata: torch.Tensor,
+    num_splits: torch.Tensor,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    return_softmax_lse: bool = True,
+    out: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """MLA decode attention over a paged KV cache.
+
+    q: [b, s_q, h_q, 576] bf16/fp16. k_cache: [num_blocks, 64, h_kv, 576], same dtype; V is its
+    first `head_dim_v` (= 512) columns. block_table: int32 [b, max_pages]. cache_seqlens: int32 [b].
+    tile_scheduler_metadata, num_splits: from `get_mla_metadata` for the same cache_seqlens.
+    Returns (out [b, s_q, h_q, 512] in q's dtype, softmax_lse float32 [b, h_q, s_q] in natural log,
+    or None when return_softmax_lse is False). Causal with s_q > 1: query row i of request b sees
+    cache positions 0 .. cache_seqlens[b] - s_q + i. A query row that sees nothing gets 0 and +inf.
+    A request whose cache_seqlens exceeds block_table's capacity gets NaN (it cannot be checked
+    without a host synchronisation).
+    """
+    _check_tensor("q", q, dtypes=_INPUT_DTYPES, ndim=4)
+    device = q.device
+    batch, s_q, h_q, head_dim = q.shape
+    if head_dim != HEAD_DIM_QK:
+        raise ValueError(f"q's last dimension must be {HEAD_DIM_QK} (512 latent + 64 rotary); got {_describe(q)}")
+    _check_tensor("k_cache", k_cache, dtypes=(q.dtype,), ndim=4, device=device)
+    _, page_size, h_kv, k_head_dim = k_cache.shape
+    if page_size != PAGE_SIZE:
+        raise ValueError(f"k_cache must have page size {PAGE_SIZE} (dimension 1); got {_describe(k_cache)}")
+    if k_head_dim != HEAD_DIM_QK:
+        raise ValueError(f"k_cache's last dimension must be {HEAD_DIM_QK}; got {_describe(k_cache)}")
+    if h_kv < 1 or h_q % h_kv:
+        raise ValueError(f"q's head count ({h_q}) must be a multiple of k_cache's ({h_kv})")
+    if head_dim_v != HEAD_DIM_V:
+        raise ValueError(f"head_dim_v must be {HEAD_DIM_V}; got {head_dim_v!r}")
+    _check_tensor("block_table", block_table, dtypes=(torch.int32,), ndim=2, device=device)
+    if block_table.shape[0] != batch or block_table.stride(-1) != 1:
+        raise ValueError(f"block_table must be [{batch}, max_pages] with a contiguous last dimension; got "
+                         f"{_describe(block_table)}, strides {block_table.stride()}")
+    _check_tensor("cache_seqlens", cache_seqlens, dtypes=(torch.int32,), ndim=1, device=device)
+    _check_shape("cache_seqlens", cache_seqlens, (batch,))
+    _check_tensor("tile_scheduler_metadata", tile_scheduler_metadata, dtypes=(torch.int32,), ndim=2, device=device)
+    plan = plan_decode(s_q * h_q // h_kv, h_kv, device)
+    _check_shape("tile_scheduler_metadata", tile_scheduler_metadata, (plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE))
+    _check_tensor("num_splits", num_splits, dtypes=(torch.int32,), ndim=1, device=device)
+    _check_shape("num_splits", num_splits, (batch + 1,))
+    for name, t in (("q", q), ("k_cache", k_cache)):
+        _check_vector_loads(name, t)
+    if softmax_scale is None:
+        softmax_scale = head_dim ** -0.5
+    if out is not None:
+        _check_tensor("out", out, dtypes=(q.dtype,), ndim=4, device=device)
+        _check_shape("out", out, (batch, s_q, h_q, HEAD_DIM_V))
+        _check_vector_loads("out", out)
+    if device.type != "cuda":
+        raise ValueError(f"q and the other inputs must be CUDA tensors; got {_describe(q)}")
+    if out is None:
+        out = torch.empty(batch, s_q, h_q, HEAD_DIM_V, dtype=q.dtype, device=device)
+    lse = torch.empty(batch, h_q, s_q, dtype=torch.float32, device=device)
+    ops().mla_decode(
+        q, k_cache, block_table, cache_seqlens.contiguous(), tile_scheduler_metadata.contiguous(),
+        num_splits.contiguous(), float(softmax_scale), bool(causal), plan.kernel, out, lse,
+    )
+    return out, (lse if return_softmax_lse else None)

@@ -1,0 +1,82 @@
+"""Bad input to flash_mla_with_kvcache raises a clear exception naming the argument (CPU: the
+checks run before any kernel)."""
+
+import pytest
+import torch
+
+import flash_mla_backend as fmb
+
+
+def valid_args(batch=2, s_q=1, h_q=16, h_kv=1, device="cpu", dtype=torch.bfloat16):
+    seqlens = torch.tensor([70, 5][:batch], dtype=torch.int32, device=device)
+    md, splits = fmb.get_mla_metadata(seqlens.cpu(), s_q * h_q // h_kv, h_kv)
+    return dict(
+        q=torch.randn(batch, s_q, h_q, 576, dtype=dtype, device=device),
+        k_cache=torch.randn(4, 64, h_kv, 576, dtype=dtype, device=device),
+        block_table=torch.tensor([[0, 1], [2, 3]][:batch], dtype=torch.int32, device=device),
+        cache_seqlens=seqlens,
+        head_dim_v=512,
+        tile_scheduler_metadata=md.to(device),
+        num_splits=splits.to(device),
+    )
+
+
+CASES = [
+    ("q", lambda a: a["q"].float(), TypeError, r"q must have dtype torch.bfloat16 or torch.float16"),
+    ("q", lambda a: a["q"][0], ValueError, r"q must have 4 dimensions; got shape \(1, 16, 576\)"),
+    ("q", lambda a: a["q"][..., :512], ValueError, r"q's last dimension must be 576"),
+    ("q", lambda a: a["q"].transpose(2, 3).contiguous().transpose(2, 3), ValueError,
+     "q must be contiguous in its last dimension"),
+    ("q", lambda a: torch.empty(2, 1, 16, 580, dtype=torch.bfloat16)[..., 1:577], ValueError,
+     "q must be 16-byte aligned"),
+    ("k_cache", lambda a: torch.randn(4, 64, 3, 576, dtype=torch.bfloat16), ValueError,
+     r"q's head count \(16\) must be a multiple of k_cache's \(3\)"),
+    ("k_cache", lambda a: a["k_cache"].half(), TypeError, "k_cache must have dtype torch.bfloat16"),
+    ("k_cache", lambda a: torch.randn(8, 32, 1, 576, dtype=torch.bfloat16), ValueError, "k_cache must have page size 64"),
+    ("k_cache", lambda a: a["k_cache"][0], ValueError, "k_cache must have 4 dimensions"),
+    ("k_cache", lambda a: torch.randn(4, 64, 1, 512, dtype=torch.bfloat16), ValueError,
+     "k_cache's last dimension must be 576"),
+    ("head_dim_v", lambda a: 576, ValueError, "head_dim_v must be 512; got 576"),
+    ("block_table", lambda a: a["block_table"].long(), TypeError, "block_table must have dtype torch.int32"),
+    ("block_table", lambda a: a["block_table"][:1], ValueError, r"block_table must be \[2, max_pages\]"),
+    ("block_table", lambda a: a["block_table"].t().contiguous().t(), ValueError, "contiguous last dimension"),
+    ("cache_seqlens", lambda a: a["cache_seqlens"][:1], ValueError, r"cache_seqlens must have shape \(2,\)"),
+    ("cache_seqlens", lambda a: a["cache_seqlens"].float(), TypeError, "cache_seqlens must have dtype torch.int32"),
+    ("tile_scheduler_metadata", lambda a: a["tile_scheduler_metadata"][:, :4], ValueError,
+     r"tile_scheduler_metadata must have shape \(\d+, 8\)"),
+    ("num_splits", lambda a: a["num_splits"][:2], ValueError, r"num_splits must have shape \(3,\)"),
+    ("out", lambda a: torch.empty(2, 1, 16, 512, dtype=torch.float16), TypeError, "out must have dtype torch.bfloat16"),
+    ("out", lambda a: torch.empty(2, 1, 8, 512, dtype=torch.bfloat16), ValueError,
+     r"out must have shape \(2, 1, 16, 512\)"),
+    ("q", lambda a: a["q"], ValueError, "must be CUDA tensors"),  # everything else is valid
+]
+
+
+@pytest.mark.parametrize("name, make_bad, error, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_argument_is_named(name, make_bad, error, message):
+    args = valid_args()
+    args[name] = make_bad(args)
+    with pytest.raises(error, match=message):
+        fmb.flash_mla_with_kvcache(**args)
+
+
+def test_non_tensor_argument():
+    args = valid_args()
+    args["block_table"] = [[0, 1], [2, 3]]
+    with pytest.raises(TypeError, match="block_table must be a torch.Tensor, got list"):
+        fmb.flash_mla_with_kvcache(**args)
+
+
+def test_inputs_on_different_devices():
+    args = valid_args()
+    args["k_cache"] = args["k_cache"].to("meta")
+    with pytest.raises(ValueError, match="k_cache must be on cpu like the other inputs"):
+        fmb.flash_mla_with_kvcache(**args)
+
+
+@pytest.mark.gpu
+def test_gpu_rejects_cpu_block_table():
+    args = valid_args(device="cuda")
+    args["block_table"] = args["block_table"].cpu()
+    with pytest.raises(ValueError, match="block_table must be on cuda:0"):
+        fmb.flash_mla_with_kvcache(**args)
