@@ -38,7 +38,7 @@ for stage in $stages; do
       grep -E "ptxas info|bytes stack frame" "$OUT/build.log" | grep -v "^ *$" > "$OUT/ptxas.txt"
       ;;
     test)
-      run_stage test python3 -m pytest -m gpu tests/ -q -rs --durations=10 -p no:cacheprovider
+      run_stage test python3 -m pytest -m gpu tests/ --ignore=tests/vllm --ignore=tests/sglang -q -rs --durations=10 -p no:cacheprovider
       ;;
     bench)
       run_stage bench python3 -m flash_mla_backend.bench --json "$OUT/bench.json"
