@@ -37,12 +37,13 @@ class KernelInfo:
     block_m: int
     smem_bytes: int
     min_capability: tuple
+    arch_specific: bool  # machine code for exactly min_capability (sm_90a), which newer GPUs cannot run
 
 
 @functools.lru_cache(maxsize=None)
 def kernel_info(kernel: str) -> KernelInfo:
-    block_m, smem_bytes, cc_major, cc_minor = ops().decode_kernel_info(kernel)
-    return KernelInfo(block_m, smem_bytes, (cc_major, cc_minor))
+    block_m, smem_bytes, cc_major, cc_minor, arch_specific = ops().decode_kernel_info(kernel)
+    return KernelInfo(block_m, smem_bytes, (cc_major, cc_minor), bool(arch_specific))
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,7 +62,8 @@ def _device_properties(device: torch.device) -> dict:
 
 def _fits(kernel: str, dev: dict) -> bool:
     info = kernel_info(kernel)
-    return dev["capability"] >= info.min_capability and info.smem_bytes <= dev["smem_per_block"]
+    runs = dev["capability"] == info.min_capability if info.arch_specific else dev["capability"] >= info.min_capability
+    return runs and info.smem_bytes <= dev["smem_per_block"]
 
 
 def _choose_kernel(rows_per_kv_head: int, dev: dict) -> str:
@@ -78,6 +80,8 @@ def _choose_kernel(rows_per_kv_head: int, dev: dict) -> str:
             f"flash_mla_backend needs a GPU of compute capability 8.0 or newer; "
             f"{dev.get('name', 'this GPU')} has {dev['capability'][0]}.{dev['capability'][1]}"
         )
+    if _fits("sm90", dev):
+        return "sm90"
     # One 64-row tile when there are enough query rows to fill it, else 16-row tiles, which
     # also fit GPUs with ~100 KB of shared memory per block (sm_86/sm_89).
     if rows_per_kv_head > 16 and _fits("sm80_m64", dev):

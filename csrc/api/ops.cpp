@@ -23,7 +23,8 @@ constexpr int kMaxGridDimYZ = 65535;
 
 std::vector<const DecodeKernel*> all_decode_kernels() {
   std::vector<const DecodeKernel*> kernels;
-  for (const DecodeKernel* k = sm80_decode_kernels(); k->name != nullptr; ++k) kernels.push_back(k);
+  for (const DecodeKernel* family : {sm90_decode_kernels(), sm80_decode_kernels()})
+    for (const DecodeKernel* k = family; k->name != nullptr; ++k) kernels.push_back(k);
   return kernels;
 }
 
@@ -39,10 +40,10 @@ std::vector<std::string> decode_kernels() {
   return names;
 }
 
-// (block_m, shared-memory bytes, minimum compute capability major, minor)
+// (block_m, shared-memory bytes, minimum compute capability major, minor, arch-specific 0/1)
 std::vector<int64_t> decode_kernel_info(c10::string_view name) {
   const DecodeKernel& k = find_decode_kernel(name);
-  return {k.block_m, k.smem_bytes, k.min_cc_major, k.min_cc_minor};
+  return {k.block_m, k.smem_bytes, k.min_cc_major, k.min_cc_minor, k.arch_specific};
 }
 
 void check_int32_cuda(const at::Tensor& t, const char* name, int64_t dims) {
@@ -136,6 +137,7 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   p.heads_per_kv = int(h_q / h_kv);
   p.rows_per_kv_head = int(rows_per_kv_head);
   p.max_pages = int(block_table.size(1));
+  p.num_blocks = int(k_cache.size(0));
   p.num_sm_parts = int(num_sm_parts);
   p.scale_log2 = float(softmax_scale * 1.4426950408889634);
   p.causal = causal && s_q > 1;

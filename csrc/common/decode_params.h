@@ -44,6 +44,7 @@ struct DecodeParams {
   int heads_per_kv;      // h_q / h_kv
   int rows_per_kv_head;  // s_q * heads_per_kv; query row r is (token r / heads_per_kv, head r % heads_per_kv)
   int max_pages;         // block_table's width; a longer request gets NaN
+  int num_blocks;        // k_cache.size(0)
   int num_sm_parts;
   float scale_log2;      // softmax_scale * log2(e)
   bool causal;

@@ -14,6 +14,7 @@ struct DecodeKernel {
   int block_m;        // query rows per CTA tile; the planner sizes the schedule by it
   int smem_bytes;     // dynamic shared memory per CTA
   int min_cc_major, min_cc_minor;
+  bool arch_specific;  // machine code for exactly min_cc (sm_90a), not for newer GPUs
   DecodeLauncher bf16;
   DecodeLauncher fp16;
 };
@@ -27,6 +28,8 @@ struct DecodeKernel {
 //    out_accum and its log2 LSE (-inf when no key is visible) to lse_accum at its split row,
 //    and the combine kernel merges them;
 //  - a request with cache_seqlens outside [0, max_pages * 64] gets NaN.
-const DecodeKernel* sm80_decode_kernels();  // array, terminated by an entry with name == nullptr
+// Arrays terminated by an entry with name == nullptr.
+const DecodeKernel* sm80_decode_kernels();
+const DecodeKernel* sm90_decode_kernels();
 
 }  // namespace flash_mla_backend

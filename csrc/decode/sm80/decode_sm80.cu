@@ -29,14 +29,14 @@ using Rows16 = sm80::DecodeConfig<Element, 1, 4>;
 
 template <template <typename> class Cfg>
 constexpr DecodeKernel make_kernel(const char* name) {
-  return {name, Cfg<__nv_bfloat16>::kBlockM, Cfg<__nv_bfloat16>::kSmemBytes, 8, 0,
+  return {name, Cfg<__nv_bfloat16>::kBlockM, Cfg<__nv_bfloat16>::kSmemBytes, 8, 0, /*arch_specific=*/false,
           &launch<Cfg<__nv_bfloat16>>, &launch<Cfg<__half>>};
 }
 
 const DecodeKernel kKernels[] = {
     make_kernel<Rows64>("sm80_m64"),
     make_kernel<Rows16>("sm80_m16"),
-    {nullptr, 0, 0, 0, 0, nullptr, nullptr},
+    {nullptr, 0, 0, 0, 0, false, nullptr, nullptr},
 };
 
 }  // namespace
