@@ -1,10 +1,22 @@
 """flash-mla-backend: MLA decoding over a paged KV cache, with a FlashMLA-compatible API."""
 
 from flash_mla_backend.interface import (
+    SUPPORTED_DTYPES,
+    ExtensionNotBuiltError,
+    check_extension,
     flash_mla_with_kvcache,
     get_mla_metadata,
+    mla_metadata_num_parts,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "flash_mla_with_kvcache", "get_mla_metadata"]
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "ExtensionNotBuiltError",
+    "__version__",
+    "check_extension",
+    "flash_mla_with_kvcache",
+    "get_mla_metadata",
+    "mla_metadata_num_parts",
+]

@@ -9,14 +9,14 @@ from typing import Optional, Tuple
 import torch
 
 from flash_mla_backend import reference
-from flash_mla_backend._ops import ops
+from flash_mla_backend._ops import ExtensionNotBuiltError, ops
 from flash_mla_backend._plan import plan_decode
 
 PAGE_SIZE = reference.PAGE_SIZE
 HEAD_DIM_QK = reference.HEAD_DIM_QK
 HEAD_DIM_V = reference.HEAD_DIM_V
 TILE_SCHEDULER_METADATA_SIZE = reference.TILE_SCHEDULER_METADATA_SIZE
-_INPUT_DTYPES = (torch.bfloat16, torch.float16)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -49,6 +49,17 @@ def _check_vector_loads(name, t):
             f"{name} must be 16-byte aligned with strides that are multiples of {elems} elements; "
             f"got strides {t.stride()}"
         )
+
+
+def check_extension() -> None:
+    """Raises ExtensionNotBuiltError, with the reason, when the compiled kernels cannot be used."""
+    ops()
+
+
+def mla_metadata_num_parts(num_q_tokens_per_head_k: int, num_heads_k: int, device) -> int:
+    """Rows of the tile_scheduler_metadata that `get_mla_metadata` returns for these arguments
+    (sizes persistent CUDA-graph buffers)."""
+    return plan_decode(num_q_tokens_per_head_k, num_heads_k, torch.device(device)).num_sm_parts
 
 
 def get_mla_metadata(
@@ -135,7 +146,7 @@ def flash_mla_with_kvcache(
     A request whose cache_seqlens exceeds block_table's capacity gets NaN (it cannot be checked
     without a host synchronisation).
     """
-    _check_tensor("q", q, dtypes=_INPUT_DTYPES, ndim=4)
+    _check_tensor("q", q, dtypes=SUPPORTED_DTYPES, ndim=4)
     device = q.device
     batch, s_q, h_q, head_dim = q.shape
     if head_dim != HEAD_DIM_QK:

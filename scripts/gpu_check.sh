@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Build, GPU tests and benchmark on a GPU machine, in one go. Results and logs go to $OUT
-# (default ./gpu-results). Stages, in order, any subset: build test bench sanitize (default: build test bench).
-# Build-time packages the machine lacks (nvidia-cutlass) are taken from wheels in .whl/ if present.
+# Everything that runs on a GPU machine: build, GPU tests, benchmark, sanitizers, and the vLLM
+# checks. Results and logs go to $OUT (default ./gpu-results). Stages run in the order given
+# (default: build test bench):
+#   build       compile and install the package (editable) into the machine's python3
+#   test        the kernels' GPU tests (pytest -m gpu, plugin tests apart)
+#   bench       python -m flash_mla_backend.bench
+#   sanitize    compute-sanitizer memcheck and racecheck on small cases of each kernel
+#   vllm-tests  tests/vllm_plugin on the GPU, against the vLLM in /tmp/site (from the e2e stage, or
+#               from .device/vllm-bundle if no vLLM is there yet)
+#   e2e-park    first copy of the end-to-end check: park .device/vllm-e2e/part1 in /tmp/p
+#   e2e         second copy, same machine: vLLM 0.26.0's offline engine serves a tiny DeepSeek-V2,
+#               TRITON_MLA against our FLASHMLA, token by token; E2E_SPAWN=1 runs the engine core
+#               in a spawned process, which must load our plugin itself
+# Build-time packages the machine lacks (nvidia-cutlass) come from wheels in .whl/ if present;
+# .device/ is made by scripts/prepare_device_bundles.sh (docs/vllm.md says what to carry when).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-results}"
+SITE=/tmp/site
 mkdir -p "$OUT"
 stages="${*:-build test bench}"
 status=0
@@ -12,8 +25,8 @@ export PYTHONUNBUFFERED=1
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 run_stage() {  # name, command...; each stage is stopped after STAGE_TIMEOUT seconds (a hung kernel)
@@ -38,7 +51,8 @@ for stage in $stages; do
       grep -E "ptxas info|bytes stack frame" "$OUT/build.log" | grep -v "^ *$" > "$OUT/ptxas.txt"
       ;;
     test)
-      run_stage test python3 -m pytest -m gpu tests/ --ignore=tests/vllm --ignore=tests/sglang -q -rs --durations=10 -p no:cacheprovider
+      run_stage test python3 -m pytest -m gpu tests/ --ignore=tests/vllm_plugin --ignore=tests/sglang_plugin \
+        -q -rs --durations=10 -p no:cacheprovider
       ;;
     bench)
       run_stage bench python3 -m flash_mla_backend.bench --json "$OUT/bench.json"
@@ -48,6 +62,29 @@ for stage in $stages; do
         run_stage "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
           python3 -m pytest -m gpu tests/test_decode_gpu.py -q -p no:cacheprovider -k "sweep and b2-sq2-sk140-hq16"
       done
+      ;;
+    vllm-tests)
+      [ -d "$SITE/vllm" ] || bash .device/vllm-bundle/install.sh || exit 1
+      PYTHONPATH="$SITE:$PYTHONPATH" run_stage vllm-tests python3 -m pytest -rs -m gpu tests/vllm_plugin -q \
+        -p no:cacheprovider
+      ;;
+    e2e-park)
+      mkdir -p /tmp/p && cp -r .device/vllm-e2e/part1 /tmp/p/ || exit 1
+      ;;
+    e2e)
+      [ -d .device/vllm-e2e/part1 ] || cp -r /tmp/p/part1 .device/vllm-e2e/ || exit 1
+      name=e2e
+      if [ "${E2E_SPAWN:-0}" = 1 ]; then
+        # Insecure serialization lets e2e.py's probe of the attention impls reach the other process.
+        export VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_WORKER_MULTIPROC_METHOD=spawn VLLM_ALLOW_INSECURE_SERIALIZATION=1
+        name=e2e-spawn
+      fi
+      # FlashInfer is not installed there; VLLM_USE_FLASHINFER_SAMPLER=0 keeps vLLM's sampler off it.
+      E2E_BACKENDS=TRITON_MLA,FLASHMLA VLLM_USE_FLASHINFER_SAMPLER=0 SITE="$SITE" \
+        run_stage "$name" bash .device/vllm-e2e/install.sh
+      # Our plugin's log line in every FLASHMLA engine process (each phase; the spawned one too).
+      grep -H "flash-mla-backend" /tmp/v26e2e/log_*_FLASHMLA.txt | tee -a "$OUT/$name.log" ||
+        { echo "no plugin log line found"; status=1; }
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
