@@ -1,0 +1,72 @@
+"""The compiled extension as seen from Python: fake implementations for tracing, the error when
+it is missing, and the planner's view of the kernels (CPU)."""
+
+import pytest
+import torch
+
+import flash_mla_backend as fmb
+from flash_mla_backend import _ops, _plan
+from flash_mla_backend._ops import extension_available
+
+needs_extension = pytest.mark.skipif(not extension_available(), reason="flash_mla_backend._C is not built")
+
+
+@needs_extension
+def test_ops_have_fake_implementations_for_tracing():
+    # Meta tensors reach only the fake implementations, as torch.compile's tracing does.
+    meta = dict(device="meta")
+    seqlens = torch.empty(4, dtype=torch.int32, **meta)
+    md = torch.empty(8, 8, dtype=torch.int32, **meta)
+    splits = torch.empty(5, dtype=torch.int32, **meta)
+    assert torch.ops.flash_mla_backend.get_mla_metadata(seqlens, md, splits) is None
+    q = torch.empty(4, 1, 16, 576, dtype=torch.bfloat16, **meta)
+    k_cache = torch.empty(10, 64, 1, 576, dtype=torch.bfloat16, **meta)
+    block_table = torch.empty(4, 3, dtype=torch.int32, **meta)
+    out = torch.empty(4, 1, 16, 512, dtype=torch.bfloat16, **meta)
+    lse = torch.empty(4, 16, 1, dtype=torch.float32, **meta)
+    assert torch.ops.flash_mla_backend.mla_decode(q, k_cache, block_table, seqlens, md, splits, 0.1, False, "sm80_m16",
+                                                  out, lse) is None
+
+
+def test_missing_extension_raises_with_the_reason(monkeypatch):
+    monkeypatch.setattr(_ops, "_load_error", ImportError("libc10.so: cannot open shared object file"))
+    with pytest.raises(fmb.ExtensionNotBuiltError, match="import failed: libc10.so"):
+        fmb.check_extension()
+    monkeypatch.setenv(_ops.SKIP_BUILD_ENV, "1")
+    _plan.kernel_info.cache_clear()  # what earlier tests planned must not hide the missing kernels
+    with pytest.raises(fmb.ExtensionNotBuiltError, match="skipped at install time"):
+        fmb.get_mla_metadata(torch.ones(2, dtype=torch.int32), 16, 1)
+
+
+@needs_extension
+@pytest.mark.parametrize("rows, num_heads_k", [(1, 1), (16, 1), (128, 1), (64, 2)])
+def test_num_parts_matches_the_schedule(rows, num_heads_k):
+    md, _ = fmb.get_mla_metadata(torch.full((3,), 100, dtype=torch.int32), rows, num_heads_k)
+    assert md.shape[0] == fmb.mla_metadata_num_parts(rows, num_heads_k, "cpu")
+
+
+@needs_extension
+def test_forced_kernel_that_cannot_run_is_refused(monkeypatch):
+    monkeypatch.setenv(_plan.KERNEL_ENV, "sm90")
+    sm89 = dict(capability=(8, 9), num_sms=128, smem_per_block=101376, smem_per_sm=102400)
+    with pytest.raises(_plan.UnsupportedDeviceError, match="FLASH_MLA_BACKEND_KERNEL='sm90' cannot run"):
+        _plan._choose_kernel(16, sm89)
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    "capability, smem_per_block, rows, kernel",
+    [((9, 0), 232448, 128, "sm90"), ((9, 0), 232448, 16, "sm90"), ((8, 0), 166912, 128, "sm80_m64"),
+     ((8, 0), 166912, 16, "sm80_m16"), ((8, 9), 101376, 128, "sm80_m16"), ((12, 0), 101376, 128, "sm80_m16")],
+)
+def test_kernel_choice_per_device(capability, smem_per_block, rows, kernel):
+    # sm_90a machine code runs on compute capability 9.0 only; newer GPUs take the portable PTX.
+    dev = dict(capability=capability, num_sms=100, smem_per_block=smem_per_block, smem_per_sm=smem_per_block + 1024)
+    assert _plan._choose_kernel(rows, dev) == kernel
+
+
+@needs_extension
+def test_old_gpus_are_refused():
+    dev = dict(capability=(7, 5), num_sms=40, smem_per_block=65536, smem_per_sm=65536, name="Tesla T4")
+    with pytest.raises(_plan.UnsupportedDeviceError, match="compute capability 8.0 or newer; Tesla T4 has 7.5"):
+        _plan._choose_kernel(16, dev)
