@@ -10,10 +10,13 @@
 //     budget by whole warpgroups.)
 //
 // Per page, both math warpgroups work in lockstep:
-//   1. S = Q . K^T over all 576 columns; warpgroup w scores keys 32w..32w+31 of the page
-//      (wgmma m64n32k16, Q and K from shared memory, waiting on each piece's mbarrier).
+//   1. S = Q . K^T for all 64 keys of the page, warpgroup w over k-steps 18w..18w+17 of the 576
+//      columns (wgmma m64n64k16, Q and K from shared memory, waiting on each piece's mbarrier);
+//      the two partial tiles are summed through shared memory (barrier) so that warpgroup w
+//      holds the scores of keys 32w..32w+31.
 //   2. mask (select -inf), row maxima exchanged through shared memory (barrier), online softmax in
-//      base 2, P (bf16/fp16) written to a 64 x 64 swizzled tile; the page's rows past the sequence
+//      base 2, P (bf16/fp16) written to a 64 x 64 swizzled tile in the page's rotary piece (dead
+//      after Q.K^T); the page's rows past the sequence
 //      end are zeroed in shared memory so that NaN in unused cache slots never reaches P.V
 //      (barrier).
 //   3. O[:, 256w..256w+255] += P . V (wgmma m64n256k16; V is the K tile read MN-major), then the
@@ -57,8 +60,10 @@ static_assert((kBlockM * kQChunksPerRow) % kMathThreads == 0, "Q chunks split ev
 struct Smem {
   static constexpr int kQ = 0;                                     // Q tile, 9 pieces
   static constexpr int kKV = kQ + kTileBytes;                      // kStages pages, 9 pieces each
-  static constexpr int kP = kKV + kStages * kTileBytes;            // P tile, 64 x 64
-  static constexpr int kRowMax = kP + kPieceBytes;                 // float [2 warpgroups][64 rows]
+  // X: WG0's partial scores for keys 32-63 (fp32 [4][128 threads][4]), read by WG1. (WG1's
+  // partial for keys 0-31 and the P tile live in piece 8 of the current page buffer.)
+  static constexpr int kX = kKV + kStages * kTileBytes;
+  static constexpr int kRowMax = kX + kPieceBytes;                 // float [2 warpgroups][64 rows]
   static constexpr int kRowSum = kRowMax + 2 * kBlockM * 4;        // float [2][64]
   static constexpr int kFullBar = kRowSum + 2 * kBlockM * 4;       // uint64 [kStages][9]
   static constexpr int kEmptyBar = kFullBar + kStages * kPiecesQK * 8;  // uint64 [kStages]
@@ -77,6 +82,10 @@ constexpr int kMathBarrier = 1;                          // named barrier of the
 constexpr int kPiecesV = kHeadDimV / kPieceCols;         // 8: the value columns
 constexpr int kValueColsPerWarpgroup = kHeadDimV / 2;    // 256
 constexpr int kKeysPerWarpgroup = kPageSize / 2;         // 32
+constexpr int kKStepsQK = kHeadDimQK / 16;               // 36 wgmma k-steps over the 576 columns
+constexpr int kKStepsPerWarpgroup = kKStepsQK / 2;       // 18: each warpgroup reduces half of them
+constexpr int kRopePiece = kPiecesQK - 1;                // 8: read by WG1's Q.K^T only, then free
+static_assert(kKStepsQK % 2 == 0, "the Q.K^T k-steps split evenly between the two math warpgroups");
 
 template <typename Element>
 class DecodeCta {
@@ -90,7 +99,7 @@ class DecodeCta {
         kv_tokens_inner_(kv_tokens_inner),
         q_smem_(base + Smem::kQ),
         kv_smem_(base + Smem::kKV),
-        p_smem_(base + Smem::kP),
+        x_smem_(base + Smem::kX),
         full_bar_(base + Smem::kFullBar),
         empty_bar_(base + Smem::kEmptyBar),
         row_max_(reinterpret_cast<float*>(base_ptr + Smem::kRowMax)),
@@ -237,32 +246,79 @@ class DecodeCta {
     named_barrier_sync(kMathBarrier, kMathThreads);
   }
 
+  // Partial S[64 x 64] over k-steps 18 W .. 18 W + 17 (16 columns each) of the page in `kv`,
+  // waiting on each piece's "full" mbarrier before its first k-step.
+  template <int W>
+  __device__ void partial_scores(float (&sp)[32], int slot, uint32_t parity, uint32_t kv) const {
+    wgmma_fence();
+#pragma unroll
+    for (int t = 0; t < kKStepsPerWarpgroup; ++t) {
+      constexpr int kFirst = W * kKStepsPerWarpgroup;
+      const int step = kFirst + t;
+      const int piece = step / 4;
+      if (t == 0 || step % 4 == 0) mbarrier_wait(full_bar(slot, piece), parity);
+      const uint32_t col_bytes = uint32_t(piece * kPieceBytes + (step % 4) * 32);
+      Mma::m64n64k16_kk(sp, make_smem_desc(q_smem_ + col_bytes, 16, 1024), make_smem_desc(kv + col_bytes, 16, 1024));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+
   __device__ void attend_page(int page, int g, int seqlen, const int (&key_limit)[2], float (&acc)[128],
                               float (&row_max)[2], float (&row_sum)[2]) {
     const int slot = g % kStages;
     const uint32_t parity = uint32_t((g / kStages) & 1);
     const uint32_t kv = kv_slot(slot);
 
-    // 1. S[64 rows, this warpgroup's 32 keys] = Q . K^T.
-    float s[16];
+    // 1. Partial S[64 rows, all 64 keys] = Q . K^T over this warpgroup's half of the 576 columns
+    //    (k-steps 18 wg_ .. 18 wg_ + 17; WG0 reads pieces 0-4, WG1 pieces 4-8).
+    float sp[32];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) s[i] = 0.f;
-    fence_operands(s);
-    wgmma_fence();
+    for (int i = 0; i < 32; ++i) sp[i] = 0.f;
+    fence_operands(sp);
+    // Compile-time piece indices in each branch keep the barrier addresses and descriptors in
+    // uniform registers (a thread-dependent piece index made ptxas serialize the wgmma chain).
+    if (wg_ == 0)
+      partial_scores<0>(sp, slot, parity, kv);
+    else
+      partial_scores<1>(sp, slot, parity, kv);
+    fence_operands(sp);
+
+    // 1b. Sum the partials: each warpgroup keeps the full scores of its 32 keys (accumulator
+    //     groups 4 wg_ .. 4 wg_ + 3 of the m64n64 layout, i.e. v1's 16 registers) and hands the
+    //     other 16 values to the thread with the same index in the other warpgroup. WG1 writes to
+    //     the rotary piece of this page (only its own Q.K^T, now complete, reads it); WG0 writes
+    //     to X (its last reader, WG1 on the previous page, passed the row-max barrier before WG0
+    //     could get here).
+    const uint32_t rope = kv + kRopePiece * kPieceBytes;
+    const int wg_tid = tid_ % 128;
+    {
+      const uint32_t send = (wg_ == 0 ? x_smem_ : rope) + wg_tid * 16;
 #pragma unroll
-    for (int piece = 0; piece < kPiecesQK; ++piece) {
-      mbarrier_wait(full_bar(slot, piece), parity);
+      for (int v = 0; v < 4; ++v) {
+        float x[4];
 #pragma unroll
-      for (int kk = 0; kk < kPieceCols / 16; ++kk) {
-        const uint64_t desc_q = make_smem_desc(q_smem_ + piece * kPieceBytes + kk * 32, 16, 1024);
-        const uint64_t desc_k =
-            make_smem_desc(kv + piece * kPieceBytes + wg_ * (kKeysPerWarpgroup * 128) + kk * 32, 16, 1024);
-        Mma::m64n32k16_kk(s, desc_q, desc_k);
+        for (int e = 0; e < 4; ++e) x[e] = wg_ == 0 ? sp[16 + 4 * v + e] : sp[4 * v + e];
+        asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(send + v * 128 * 16), "f"(x[0]), "f"(x[1]),
+                     "f"(x[2]), "f"(x[3])
+                     : "memory");
       }
     }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(s);
+    named_barrier_sync(kMathBarrier, kMathThreads);  // both partials are in shared memory
+    float s[16];
+    {
+      const uint32_t recv = (wg_ == 0 ? rope : x_smem_) + wg_tid * 16;
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        float x[4];
+        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(x[0]), "=f"(x[1]), "=f"(x[2]), "=f"(x[3])
+                     : "r"(recv + v * 128 * 16)
+                     : "memory");
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[4 * v + e] = (wg_ == 0 ? sp[4 * v + e] : sp[16 + 4 * v + e]) + x[e];
+      }
+    }
 
     // 2. Mask, scale into base 2, row maxima over both warpgroups.
     const int key0 = page * kPageSize + wg_ * kKeysPerWarpgroup + 2 * (lane_ % 4);
@@ -285,8 +341,8 @@ class DecodeCta {
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
       if (lane_ % 4 == 0) row_max_[wg_ * kBlockM + row_of(h)] = tile_max[h];
     }
-    // Both warpgroups' maxima are written and both are done reading this page's K and the P tile
-    // of the previous page.
+    // Both warpgroups' maxima are written; WG0 has read WG1's partial from the rotary piece (the
+    // P tile goes there next) and WG1 has read X.
     named_barrier_sync(kMathBarrier, kMathThreads);
 
     float scale[2], reference[2];
@@ -300,7 +356,8 @@ class DecodeCta {
       row_max[h] = new_max;
     }
 
-    // P -> the shared 64 x 64 tile (K-major, 128B swizzle), this warpgroup's 32 columns.
+    // P -> the rotary piece of this page (64 x 64, K-major, 128B swizzle), this warpgroup's 32
+    // columns.
     float tile_sum[2] = {0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -311,7 +368,7 @@ class DecodeCta {
         tile_sum[h] += p0 + p1;
         const int row = row_of(h);
         const int chunk = (wg_ * (kKeysPerWarpgroup / 8) + j) ^ (row % 8);
-        const uint32_t addr = p_smem_ + row * 128 + chunk * 16 + (lane_ % 4) * 4;
+        const uint32_t addr = rope + row * 128 + chunk * 16 + (lane_ % 4) * 4;
         asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(Mma::pack(p0, p1)) : "memory");
       }
     }
@@ -321,6 +378,11 @@ class DecodeCta {
     // Rows of the page at or past the sequence end may hold NaN: zero their value columns, since
     // P.V would turn 0 * NaN into NaN. (Their scores were masked by the select above.)
     if (page * kPageSize + kPageSize > seqlen) {
+      // Each warpgroup's Q.K^T waited on only half of the pieces (WG0 0-4, WG1 4-8): observe the
+      // arrival of every value piece before overwriting rows of it (the phase cannot move on
+      // before this thread arrives on "empty", so the waits return at once).
+#pragma unroll 1
+      for (int piece = 0; piece < kPiecesV; ++piece) mbarrier_wait(full_bar(slot, piece), parity);
       const int first_row = seqlen - page * kPageSize;  // in [1, 63]
       const int chunks = (kPageSize - first_row) * kPiecesV * 8;
       for (int idx = tid_; idx < chunks; idx += kMathThreads) {
@@ -348,7 +410,7 @@ class DecodeCta {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kPageSize / 16; ++kk) {
-      const uint64_t desc_p = make_smem_desc(p_smem_ + kk * 32, 16, 1024);
+      const uint64_t desc_p = make_smem_desc(rope + kk * 32, 16, 1024);
       // V rows kk*16.., columns from piece 4 * wg_: 64-column chunks one piece apart (LBO),
       // 8-row groups 1024 bytes apart (SBO).
       const uint64_t desc_v = make_smem_desc(kv + wg_ * 4 * kPieceBytes + kk * 16 * 128, kPieceBytes, 1024);
@@ -412,7 +474,7 @@ class DecodeCta {
   const DecodeParams& p_;
   const CUtensorMap* const kv_map_;
   const bool kv_tokens_inner_;  // the map's dimension 1 is the token (else the kv head)
-  const uint32_t q_smem_, kv_smem_, p_smem_, full_bar_, empty_bar_;
+  const uint32_t q_smem_, kv_smem_, x_smem_, full_bar_, empty_bar_;
   float* const row_max_;
   float* const row_sum_;
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;

@@ -45,6 +45,9 @@ __device__ __forceinline__ uint64_t make_smem_desc(uint32_t smem_addr, uint32_t 
 #define FMB90_D16_OPS(d) \
   "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+// The 32 accumulator operands %0..%31 of a wgmma with 32 fp32 results per thread.
+#define FMB90_D32_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define FMB90_D32_OPS(d) "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 // The 128 accumulator operands %0..%127 of a wgmma with 128 fp32 results per thread.
 #define FMB90_D128_REGS \
   "{" \
@@ -95,6 +98,18 @@ struct Wgmma;
 
 template <>
 struct Wgmma<__nv_bfloat16> {
+  // D[64 x 64] += A[64 x 16] . B[64 x 16]^T, A and B K-major in shared memory.
+  static __device__ __forceinline__ void m64n64k16_kk(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FMB90_D32_REGS
+        ", %32, %33, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : FMB90_D32_OPS(d)
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
   static __device__ __forceinline__ void m64n32k16_kk(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
     asm volatile(
         "{\n"
@@ -127,6 +142,18 @@ struct Wgmma<__nv_bfloat16> {
 
 template <>
 struct Wgmma<__half> {
+  // D[64 x 64] += A[64 x 16] . B[64 x 16]^T, A and B K-major in shared memory.
+  static __device__ __forceinline__ void m64n64k16_kk(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FMB90_D32_REGS
+        ", %32, %33, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : FMB90_D32_OPS(d)
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
   static __device__ __forceinline__ void m64n32k16_kk(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
     asm volatile(
         "{\n"
