@@ -37,6 +37,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/ptx_sm80.cuh"  // MmaTraits::pack
 #include "decode/sm90/ptx_sm90.cuh"
 
 namespace flash_mla_backend {
@@ -369,7 +370,7 @@ class DecodeCta {
         const int row = row_of(h);
         const int chunk = (wg_ * (kKeysPerWarpgroup / 8) + j) ^ (row % 8);
         const uint32_t addr = rope + row * 128 + chunk * 16 + (lane_ % 4) * 4;
-        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(Mma::pack(p0, p1)) : "memory");
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(MmaTraits<Element>::pack(p0, p1)) : "memory");
       }
     }
 #pragma unroll
@@ -455,7 +456,7 @@ class DecodeCta {
 #pragma unroll
         for (int j = 0; j < kValueColsPerWarpgroup / 8; ++j)
           *reinterpret_cast<uint32_t*>(out + 8 * j) =
-              Mma::pack(acc[4 * j + 2 * h] * inv_sum, acc[4 * j + 2 * h + 1] * inv_sum);
+              MmaTraits<Element>::pack(acc[4 * j + 2 * h] * inv_sum, acc[4 * j + 2 * h + 1] * inv_sum);
         if (wg_ == 0 && lane_ % 4 == 0)
           p_.lse[(int64_t(req) * p_.h_q + head) * p_.s_q + token] =
               lse_log2 == -CUDART_INF_F ? CUDART_INF_F : lse_log2 * kLn2;

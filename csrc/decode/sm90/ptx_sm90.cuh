@@ -8,7 +8,9 @@
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 namespace flash_mla_backend {
 namespace sm90 {
@@ -37,14 +39,6 @@ __device__ __forceinline__ uint64_t make_smem_desc(uint32_t smem_addr, uint32_t 
   return desc;
 }
 
-// The 16 accumulator operands %0..%15 of a wgmma with 16 fp32 results per thread.
-#define FMB90_D16_REGS \
-  "{" \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15" \
-  "}"
-#define FMB90_D16_OPS(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 // The 32 accumulator operands %0..%31 of a wgmma with 32 fp32 results per thread.
 #define FMB90_D32_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define FMB90_D32_OPS(d) "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
@@ -92,95 +86,39 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// D[64 x 32] += A[64 x 16] . B[32 x 16]^T, A and B K-major in shared memory.
-template <typename Element>
-struct Wgmma;
+// One wgmma with both operands in shared memory; scale-d = 1 (accumulate), no negation. TYPES is
+// "bf16.bf16" or "f16.f16"; TRANS_B 1 reads B MN-major.
+#define FMB90_WGMMA_SS(SHAPE, TYPES, REGS, OPS, DESC_A_OP, DESC_B_OP, SCALE_D_OP, TRANS_B) \
+  asm volatile("{\n"                                                                  \
+               ".reg .pred p;\n"                                                      \
+               "setp.ne.b32 p, %" SCALE_D_OP ", 0;\n"                                  \
+               "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES " " REGS ", %" DESC_A_OP \
+               ", %" DESC_B_OP ", p, 1, 1, 0, " TRANS_B ";\n"                          \
+               "}\n"                                                                  \
+               : OPS                                                                  \
+               : "l"(desc_a), "l"(desc_b), "r"(1))
 
-template <>
-struct Wgmma<__nv_bfloat16> {
+template <typename Element>
+struct Wgmma {
+  static_assert(std::is_same<Element, __nv_bfloat16>::value || std::is_same<Element, __half>::value,
+                "wgmma here takes bf16 or fp16 operands");
+  static constexpr bool kBf16 = std::is_same<Element, __nv_bfloat16>::value;
+
   // D[64 x 64] += A[64 x 16] . B[64 x 16]^T, A and B K-major in shared memory.
   static __device__ __forceinline__ void m64n64k16_kk(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FMB90_D32_REGS
-        ", %32, %33, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : FMB90_D32_OPS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+    if constexpr (kBf16)
+      FMB90_WGMMA_SS("m64n64k16", "bf16.bf16", FMB90_D32_REGS, FMB90_D32_OPS(d), "32", "33", "34", "0");
+    else
+      FMB90_WGMMA_SS("m64n64k16", "f16.f16", FMB90_D32_REGS, FMB90_D32_OPS(d), "32", "33", "34", "0");
   }
-  static __device__ __forceinline__ void m64n32k16_kk(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " FMB90_D16_REGS
-        ", %16, %17, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : FMB90_D16_OPS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-  }
+
   // D[64 x 256] += A[64 x 16] . B[16 x 256], A K-major, B MN-major (transposed) in shared memory.
   static __device__ __forceinline__ void m64n256k16_kmn(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " FMB90_D128_REGS
-        ", %128, %129, p, 1, 1, 0, 1;\n"
-        "}\n"
-        : FMB90_D128_OPS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+    if constexpr (kBf16)
+      FMB90_WGMMA_SS("m64n256k16", "bf16.bf16", FMB90_D128_REGS, FMB90_D128_OPS(d), "128", "129", "130", "1");
+    else
+      FMB90_WGMMA_SS("m64n256k16", "f16.f16", FMB90_D128_REGS, FMB90_D128_OPS(d), "128", "129", "130", "1");
   }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static constexpr CUtensorMapDataType kTmaType = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-};
-
-template <>
-struct Wgmma<__half> {
-  // D[64 x 64] += A[64 x 16] . B[64 x 16]^T, A and B K-major in shared memory.
-  static __device__ __forceinline__ void m64n64k16_kk(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FMB90_D32_REGS
-        ", %32, %33, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : FMB90_D32_OPS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-  }
-  static __device__ __forceinline__ void m64n32k16_kk(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 " FMB90_D16_REGS
-        ", %16, %17, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : FMB90_D16_OPS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-  }
-  static __device__ __forceinline__ void m64n256k16_kmn(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " FMB90_D128_REGS
-        ", %128, %129, p, 1, 1, 0, 1;\n"
-        "}\n"
-        : FMB90_D128_OPS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static constexpr CUtensorMapDataType kTmaType = CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 };
 
 // ---------------------------------------------------------------------------------------------
