@@ -17,6 +17,7 @@
 
 #include "common/decode_params.h"
 #include "common/ptx_sm80.cuh"
+#include "common/row_output.cuh"
 
 namespace flash_mla_backend {
 namespace sm80 {
@@ -298,29 +299,11 @@ class DecodeCta {
     for (int half = 0; half < 2; ++half) {
       const int q_row = m_block_ * Cfg::kBlockM + row_in_tile(half);
       if (q_row >= p_.rows_per_kv_head) continue;
-      const int token = q_row / p_.heads_per_kv;
-      const int head = kv_head_ * p_.heads_per_kv + q_row % p_.heads_per_kv;
-      const bool seen = row_sum[half] > 0.f;
-      const float inv_sum = !valid_length ? CUDART_NAN_F : seen ? 1.f / row_sum[half] : 0.f;
-      const float lse_log2 = !valid_length ? CUDART_NAN_F : seen ? row_max[half] + log2f(row_sum[half]) : -CUDART_INF_F;
-      if (final_output) {
-        Element* out = static_cast<Element*>(p_.out) + req * p_.o_batch_stride + token * p_.o_seq_stride +
-                       head * p_.o_head_stride + first_col;
-#pragma unroll
-        for (int n = 0; n < Cfg::kValueTiles; ++n)
-          *reinterpret_cast<uint32_t*>(out + n * 8) =
-              Mma::pack(acc[n][2 * half] * inv_sum, acc[n][2 * half + 1] * inv_sum);
-        if (col_split_ == 0 && lane_ % 4 == 0)
-          p_.lse[(int64_t(req) * p_.h_q + head) * p_.s_q + token] =
-              lse_log2 == -CUDART_INF_F ? CUDART_INF_F : lse_log2 * kLn2;
-      } else {
-        const int64_t accum_row = (int64_t(split_row) * p_.h_kv + kv_head_) * p_.rows_per_kv_head + q_row;
-        float* out = p_.out_accum + accum_row * kHeadDimV + first_col;
-#pragma unroll
-        for (int n = 0; n < Cfg::kValueTiles; ++n)
-          *reinterpret_cast<float2*>(out + n * 8) = make_float2(acc[n][2 * half] * inv_sum, acc[n][2 * half + 1] * inv_sum);
-        if (col_split_ == 0 && lane_ % 4 == 0) p_.lse_accum[accum_row] = lse_log2;
-      }
+      const RowOutput<Element> row(p_, req, kv_head_, q_row, split_row, final_output, valid_length, row_max[half],
+                                   row_sum[half]);
+      row.template store_pairs<Cfg::kValueTiles>(
+          first_col, [&](int n) { return make_float2(acc[n][2 * half], acc[n][2 * half + 1]); });
+      if (col_split_ == 0 && lane_ % 4 == 0) row.store_lse();
     }
   }
 

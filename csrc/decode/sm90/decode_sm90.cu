@@ -37,7 +37,7 @@
 #include <string>
 #include <type_traits>
 
-#include "common/ptx_sm80.cuh"  // MmaTraits::pack
+#include "common/row_output.cuh"
 #include "decode/sm90/ptx_sm90.cuh"
 
 namespace flash_mla_backend {
@@ -445,30 +445,11 @@ class DecodeCta {
     for (int h = 0; h < 2; ++h) {
       const int q_row = m_block_ * kBlockM + row_of(h);
       if (q_row >= p_.rows_per_kv_head) continue;
-      const int token = q_row / p_.heads_per_kv;
-      const int head = kv_head_ * p_.heads_per_kv + q_row % p_.heads_per_kv;
-      const bool seen = total[h] > 0.f;
-      const float inv_sum = !valid_length ? CUDART_NAN_F : seen ? 1.f / total[h] : 0.f;
-      const float lse_log2 = !valid_length ? CUDART_NAN_F : seen ? row_max[h] + log2f(total[h]) : -CUDART_INF_F;
-      if (final_output) {
-        Element* out = static_cast<Element*>(p_.out) + int64_t(req) * p_.o_batch_stride + token * p_.o_seq_stride +
-                       head * p_.o_head_stride + first_col;
-#pragma unroll
-        for (int j = 0; j < kValueColsPerWarpgroup / 8; ++j)
-          *reinterpret_cast<uint32_t*>(out + 8 * j) =
-              MmaTraits<Element>::pack(acc[4 * j + 2 * h] * inv_sum, acc[4 * j + 2 * h + 1] * inv_sum);
-        if (wg_ == 0 && lane_ % 4 == 0)
-          p_.lse[(int64_t(req) * p_.h_q + head) * p_.s_q + token] =
-              lse_log2 == -CUDART_INF_F ? CUDART_INF_F : lse_log2 * kLn2;
-      } else {
-        const int64_t accum_row = (int64_t(split_row) * p_.h_kv + kv_head_) * p_.rows_per_kv_head + q_row;
-        float* out = p_.out_accum + accum_row * kHeadDimV + first_col;
-#pragma unroll
-        for (int j = 0; j < kValueColsPerWarpgroup / 8; ++j)
-          *reinterpret_cast<float2*>(out + 8 * j) =
-              make_float2(acc[4 * j + 2 * h] * inv_sum, acc[4 * j + 2 * h + 1] * inv_sum);
-        if (wg_ == 0 && lane_ % 4 == 0) p_.lse_accum[accum_row] = lse_log2;
-      }
+      const RowOutput<Element> row(p_, req, kv_head_, q_row, split_row, final_output, valid_length, row_max[h],
+                                   total[h]);
+      row.template store_pairs<kValueColsPerWarpgroup / 8>(
+          first_col, [&](int j) { return make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]); });
+      if (wg_ == 0 && lane_ % 4 == 0) row.store_lse();
     }
   }
 

@@ -1,0 +1,69 @@
+// The decode kernels' epilogue for one query row: its normalised output and LSE, written as the
+// final result (a request with a single split) or as a partial for the combine kernel.
+#pragma once
+
+#include <math_constants.h>
+
+#include "common/decode_params.h"
+#include "common/ptx_sm80.cuh"
+
+namespace flash_mla_backend {
+
+template <typename Element>
+class RowOutput {
+ public:
+  // q_row: the row among the kv head's rows_per_kv_head; row_max (base 2) and row_sum: the row's
+  // online-softmax state over the keys this CTA saw.
+  __device__ RowOutput(const DecodeParams& p, int req, int kv_head, int q_row, int split_row, bool final_output,
+                       bool valid_length, float row_max, float row_sum)
+      : final_output_(final_output) {
+    const int token = q_row / p.heads_per_kv;
+    const int head = kv_head * p.heads_per_kv + q_row % p.heads_per_kv;
+    const bool seen = row_sum > 0.f;
+    inv_sum_ = !valid_length ? CUDART_NAN_F : seen ? 1.f / row_sum : 0.f;
+    lse_log2_ = !valid_length ? CUDART_NAN_F : seen ? row_max + log2f(row_sum) : -CUDART_INF_F;
+    if (final_output) {
+      out_ = static_cast<Element*>(p.out) + int64_t(req) * p.o_batch_stride + token * p.o_seq_stride +
+             head * p.o_head_stride;
+      lse_ = p.lse + (int64_t(req) * p.h_q + head) * p.s_q + token;
+    } else {
+      const int64_t accum_row = (int64_t(split_row) * p.h_kv + kv_head) * p.rows_per_kv_head + q_row;
+      accum_ = p.out_accum + accum_row * kHeadDimV;
+      lse_ = p.lse_accum + accum_row;
+    }
+  }
+
+  // kPairs column pairs (first_col + 8 i, first_col + 8 i + 1), the layout of an mma accumulator
+  // row; pair_at(i) gives pair i before normalisation, as a float2.
+  template <int kPairs, typename PairAt>
+  __device__ void store_pairs(int first_col, PairAt pair_at) const {
+    if (final_output_) {
+#pragma unroll
+      for (int i = 0; i < kPairs; ++i) {
+        const float2 v = pair_at(i);
+        *reinterpret_cast<uint32_t*>(out_ + first_col + 8 * i) = MmaTraits<Element>::pack(v.x * inv_sum_, v.y * inv_sum_);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPairs; ++i) {
+        const float2 v = pair_at(i);
+        *reinterpret_cast<float2*>(accum_ + first_col + 8 * i) = make_float2(v.x * inv_sum_, v.y * inv_sum_);
+      }
+    }
+  }
+
+  // The final LSE is natural-log with +inf for a row that saw nothing; a partial one stays base 2
+  // with -inf, which the combine kernel expects.
+  __device__ void store_lse() const {
+    *lse_ = final_output_ ? (lse_log2_ == -CUDART_INF_F ? CUDART_INF_F : lse_log2_ * kLn2) : lse_log2_;
+  }
+
+ private:
+  bool final_output_;
+  float inv_sum_, lse_log2_;
+  Element* out_ = nullptr;
+  float* accum_ = nullptr;
+  float* lse_;
+};
+
+}  // namespace flash_mla_backend
