@@ -67,13 +67,13 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) combine_kernel(const __grid_
     }
   }
 
-  const int token = q_row / p.heads_per_kv;
-  const int head = kv_head * p.heads_per_kv + q_row % p.heads_per_kv;
-  Element* out = static_cast<Element*>(p.out) + req * p.o_batch_stride + token * p.o_seq_stride + head * p.o_head_stride;
+  const QueryRow qr(p, kv_head, q_row);
+  Element* out =
+      static_cast<Element*>(p.out) + req * p.o_batch_stride + qr.token * p.o_seq_stride + qr.head * p.o_head_stride;
 #pragma unroll
   for (int i = 0; i < kColsPerLane / 4; ++i) store4(out + (i * 32 + lane) * 4, acc[i]);
   if (lane == 0)
-    p.lse[(int64_t(req) * p.h_q + head) * p.s_q + token] = total_lse == -CUDART_INF_F ? CUDART_INF_F : total_lse * kLn2;
+    p.lse[(int64_t(req) * p.h_q + qr.head) * p.s_q + qr.token] = total_lse == -CUDART_INF_F ? CUDART_INF_F : total_lse * kLn2;
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // What every decode kernel reads: the problem, the schedule, and where partial results go.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 namespace flash_mla_backend {
@@ -48,6 +50,13 @@ struct DecodeParams {
   int num_sm_parts;
   float scale_log2;      // softmax_scale * log2(e)
   bool causal;
+};
+
+// Query row r of a kv head is (token r / heads_per_kv, head kv_head * heads_per_kv + r % heads_per_kv).
+struct QueryRow {
+  int token, head;
+  __host__ __device__ QueryRow(const DecodeParams& p, int kv_head, int q_row)
+      : token(q_row / p.heads_per_kv), head(kv_head * p.heads_per_kv + q_row % p.heads_per_kv) {}
 };
 
 }  // namespace flash_mla_backend

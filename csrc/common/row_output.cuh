@@ -17,15 +17,14 @@ class RowOutput {
   __device__ RowOutput(const DecodeParams& p, int req, int kv_head, int q_row, int split_row, bool final_output,
                        bool valid_length, float row_max, float row_sum)
       : final_output_(final_output) {
-    const int token = q_row / p.heads_per_kv;
-    const int head = kv_head * p.heads_per_kv + q_row % p.heads_per_kv;
+    const QueryRow qr(p, kv_head, q_row);
     const bool seen = row_sum > 0.f;
     inv_sum_ = !valid_length ? CUDART_NAN_F : seen ? 1.f / row_sum : 0.f;
     lse_log2_ = !valid_length ? CUDART_NAN_F : seen ? row_max + log2f(row_sum) : -CUDART_INF_F;
     if (final_output) {
-      out_ = static_cast<Element*>(p.out) + int64_t(req) * p.o_batch_stride + token * p.o_seq_stride +
-             head * p.o_head_stride;
-      lse_ = p.lse + (int64_t(req) * p.h_q + head) * p.s_q + token;
+      out_ = static_cast<Element*>(p.out) + int64_t(req) * p.o_batch_stride + qr.token * p.o_seq_stride +
+             qr.head * p.o_head_stride;
+      lse_ = p.lse + (int64_t(req) * p.h_q + qr.head) * p.s_q + qr.token;
     } else {
       const int64_t accum_row = (int64_t(split_row) * p.h_kv + kv_head) * p.rows_per_kv_head + q_row;
       accum_ = p.out_accum + accum_row * kHeadDimV;

@@ -235,9 +235,8 @@ class DecodeCta {
       const bool valid = q_row < p_.rows_per_kv_head;
       const Element* src = q;
       if (valid) {
-        const int token = q_row / p_.heads_per_kv;
-        const int head = kv_head_ * p_.heads_per_kv + q_row % p_.heads_per_kv;
-        src += token * p_.q_seq_stride + head * p_.q_head_stride + chunk * 8;
+        const QueryRow qr(p_, kv_head_, q_row);
+        src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * 8;
       }
       const uint32_t dst = q_smem_ + (chunk / 8) * kPieceBytes + row * 128 + (((chunk % 8) ^ (row % 8)) << 4);
       cp_async_16_zfill(dst, src, valid);
