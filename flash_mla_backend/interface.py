@@ -94,14 +94,6 @@ def get_mla_metadata(
 
     plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, cache_seqlens.device)
     batch = cache_seqlens.shape[0]
-    if cache_seqlens.device.type != "cuda":
-        result = reference.mla_metadata(cache_seqlens, plan.num_sm_parts)
-        if out is None:
-            return result
-        for buffer, value in zip(out, result):
-            buffer.copy_(value)
-        return out
-
     if out is None:
         tile_scheduler_metadata = torch.empty(
             plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE, dtype=torch.int32, device=cache_seqlens.device
@@ -118,6 +110,11 @@ def get_mla_metadata(
         for name, t in (("out[0]", tile_scheduler_metadata), ("out[1]", num_splits)):
             if not t.is_contiguous():
                 raise ValueError(f"{name} must be contiguous; got strides {t.stride()}")
+    if cache_seqlens.device.type != "cuda":
+        for buffer, value in zip((tile_scheduler_metadata, num_splits),
+                                 reference.mla_metadata(cache_seqlens, plan.num_sm_parts)):
+            buffer.copy_(value)
+        return tile_scheduler_metadata, num_splits
     ops().get_mla_metadata(cache_seqlens.contiguous(), tile_scheduler_metadata, num_splits)
     return tile_scheduler_metadata, num_splits
 

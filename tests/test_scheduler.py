@@ -69,6 +69,17 @@ def test_get_mla_metadata_on_cpu_uses_reference():
     assert torch.equal(md, want_md) and torch.equal(splits, want_splits)
 
 
+def test_get_mla_metadata_on_cpu_checks_given_buffers():
+    seqlens = torch.tensor([300, 0, 77], dtype=torch.int32)
+    md, splits = fmb.get_mla_metadata(seqlens, 128, 1)
+    buffers = (torch.full_like(md, -7), torch.full_like(splits, -7))
+    result = fmb.get_mla_metadata(seqlens, 128, 1, out=buffers)
+    assert result[0] is buffers[0] and result[1] is buffers[1]
+    assert torch.equal(buffers[0], md) and torch.equal(buffers[1], splits)
+    with pytest.raises(ValueError, match=r"out\[0\] \(tile_scheduler_metadata\) must have shape"):
+        fmb.get_mla_metadata(seqlens, 128, 1, out=(torch.zeros(1, 8, dtype=torch.int32), buffers[1]))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
