@@ -1,6 +1,8 @@
 """flash-mla-backend: MLA decoding over a paged KV cache, with a FlashMLA-compatible API."""
 
 from flash_mla_backend.interface import (
+    FP8_DTYPE,
+    KV_CACHE_DTYPES,
     SUPPORTED_DTYPES,
     ExtensionNotBuiltError,
     check_extension,
@@ -12,6 +14,8 @@ from flash_mla_backend.interface import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "FP8_DTYPE",
+    "KV_CACHE_DTYPES",
     "SUPPORTED_DTYPES",
     "ExtensionNotBuiltError",
     "__version__",

@@ -1,9 +1,10 @@
-"""Decode benchmark: `python -m flash_mla_backend.bench [--kernels all] [--json FILE]`.
+"""Decode benchmark: `python -m flash_mla_backend.bench [--kernels all] [--kv-cache bf16,fp8] [--json FILE]`.
 
 Times the whole call (decode kernel + combine; the schedule is computed once and reused, as a
 server reuses it across layers) by CUDA-graph replay, median of repeats, and reports TFLOP/s and
 GB/s with the formulas of docs/benchmarks.md, next to the device ceilings measured in the same run
-and upstream FlashMLA's published time on the H200 where one exists.
+and upstream FlashMLA's published time on the H200 where one exists. FP8-cache rows (e4m3, bf16
+q) run the kernels that take an FP8 cache, in the same run; their GB/s counts 576 bytes per token.
 """
 
 import argparse
@@ -40,9 +41,13 @@ CONFIGS = [
 ]
 
 
+KV_CACHE_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
+
+
 @dataclass
 class Result:
     kernel: str
+    kv_cache: str
     b: int
     s_q: int
     s_k: int
@@ -95,7 +100,7 @@ def measure_ceilings():
     }
 
 
-def make_inputs(b, s_q, s_k, h_q, varlen, seed=0):
+def make_inputs(b, s_q, s_k, h_q, varlen, kv_dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     if varlen:
         seqlens = torch.normal(float(s_k), s_k / 2, (b,), generator=g).round().clamp(min=s_q).to(torch.int32)
@@ -104,27 +109,32 @@ def make_inputs(b, s_q, s_k, h_q, varlen, seed=0):
     pages = (seqlens + 63) // 64
     max_pages = int(pages.max())
     block_table = torch.randperm(b * max_pages, generator=g).to(torch.int32).reshape(b, max_pages)
-    k_cache = torch.randn(b * max_pages, 64, 1, 576, dtype=torch.bfloat16, device="cuda")
+    k_cache = torch.randn(b * max_pages, 64, 1, 576, device="cuda").to(kv_dtype)
     q = torch.randn(b, s_q, h_q, 576, dtype=torch.bfloat16, device="cuda")
     return q, k_cache, block_table.cuda(), seqlens.cuda()
 
 
-def bench_config(kernel, b, s_q, s_k, h_q, varlen, causal, flashmla_us):
-    q, k_cache, block_table, seqlens = make_inputs(b, s_q, s_k, h_q, varlen)
+def bench_config(kernel, kv_cache, b, s_q, s_k, h_q, varlen, causal, flashmla_us):
+    kv_dtype = KV_CACHE_DTYPES[kv_cache]
+    q, k_cache, block_table, seqlens = make_inputs(b, s_q, s_k, h_q, varlen, kv_dtype)
+    fp8 = kv_dtype == fmb.FP8_DTYPE
+    descale_k = torch.ones(1, device="cuda") if fp8 else None
     os.environ[_plan.KERNEL_ENV] = kernel
-    md, splits = fmb.get_mla_metadata(seqlens, s_q * h_q, 1)
+    md, splits = fmb.get_mla_metadata(seqlens, s_q * h_q, 1, is_fp8_kvcache=fp8)
     out = torch.empty(b, s_q, h_q, 512, dtype=q.dtype, device="cuda")
     us = time_graph(lambda: fmb.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, md, splits,
-                                                        causal=causal, out=out))
+                                                        causal=causal, out=out, descale_k=descale_k))
     mean_len = seqlens.float().mean().item()
     flop = b * h_q * s_q * mean_len * 2 * (576 + 512)
-    bytes_moved = b * s_q * h_q * 576 * 2 + b * mean_len * 1152 + b * s_q * h_q * 512 * 2
-    return Result(kernel, b, s_q, s_k, h_q, varlen, causal, us, flop / us / 1e6, bytes_moved / us / 1e3, flashmla_us)
+    bytes_moved = b * s_q * h_q * 576 * 2 + b * mean_len * 576 * k_cache.element_size() + b * s_q * h_q * 512 * 2
+    return Result(kernel, kv_cache, b, s_q, s_k, h_q, varlen, causal, us, flop / us / 1e6, bytes_moved / us / 1e3,
+                  flashmla_us)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="all", help="comma-separated kernel names, or 'all' that fit the GPU")
+    parser.add_argument("--kv-cache", default="bf16,fp8", help="cache dtypes to run: bf16, fp8 or both")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -138,15 +148,18 @@ def main(argv=None):
           f"flash_mla_backend {fmb.__version__}")
     print(f"# ceilings: copy {ceilings['copy_tbps']:.2f} TB/s (read+write), read {ceilings['read_tbps']:.2f} TB/s, "
           f"bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s")
-    print("| kernel | b | s_q | s_k | h_q | varlen | causal | µs | TFLOP/s | GB/s | FlashMLA µs | speedup |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    # (kernel, cache dtype) pairs: an FP8 cache runs on the kernels that take one.
+    runs = [(k, c) for c in args.kv_cache.split(",") for k in kernels
+            if c == "bf16" or _plan.kernel_info(k).takes_fp8_cache]
+    print("| kernel | cache | b | s_q | s_k | h_q | varlen | causal | µs | TFLOP/s | GB/s | FlashMLA µs | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for config in CONFIGS:
-        for kernel in kernels:
-            r = bench_config(kernel, *config)
+        for kernel, kv_cache in runs:
+            r = bench_config(kernel, kv_cache, *config)
             results.append(r)
             speedup = f"{r.flashmla_us / r.us:.2f}x" if r.flashmla_us else "-"
-            print(f"| {r.kernel} | {r.b} | {r.s_q} | {r.s_k} | {r.h_q} | {'T' if r.varlen else 'F'} | "
+            print(f"| {r.kernel} | {r.kv_cache} | {r.b} | {r.s_q} | {r.s_k} | {r.h_q} | {'T' if r.varlen else 'F'} | "
                   f"{'T' if r.causal else 'F'} | {r.us:.1f} | {r.tflops:.0f} | {r.gbps:.0f} | "
                   f"{r.flashmla_us or '-'} | {speedup} |", flush=True)
         torch.cuda.empty_cache()

@@ -17,6 +17,10 @@ HEAD_DIM_QK = reference.HEAD_DIM_QK
 HEAD_DIM_V = reference.HEAD_DIM_V
 TILE_SCHEDULER_METADATA_SIZE = reference.TILE_SCHEDULER_METADATA_SIZE
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+# An FP8 KV cache (vLLM's "fp8"/"fp8_e4m3", SGLang's float8_e4m3fn): one byte per value and one
+# per-tensor float32 scale; q may then be 16-bit, or FP8 with a scale of its own.
+FP8_DTYPE = torch.float8_e4m3fn
+KV_CACHE_DTYPES = SUPPORTED_DTYPES + (FP8_DTYPE,)
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -51,15 +55,32 @@ def _check_vector_loads(name, t):
         )
 
 
+def _check_descale(name, descale, needed, input_name, device):
+    if not needed:
+        if descale is not None:
+            raise ValueError(f"{name} applies to a float8_e4m3fn {input_name} only; {input_name} is not FP8")
+        return
+    expected = "a float32 tensor of one element (the per-tensor dequantisation scale)"
+    if descale is None:
+        raise ValueError(f"{name} is required with a float8_e4m3fn {input_name}: {expected}")
+    if not isinstance(descale, torch.Tensor) or descale.dtype != torch.float32 or descale.numel() != 1:
+        got = _describe(descale) if isinstance(descale, torch.Tensor) else type(descale).__name__
+        raise ValueError(f"{name} must be {expected}; got {got}")
+    if descale.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs; got {_describe(descale)}")
+
+
 def check_extension() -> None:
     """Raises ExtensionNotBuiltError, with the reason, when the compiled kernels cannot be used."""
     ops()
 
 
-def mla_metadata_num_parts(num_q_tokens_per_head_k: int, num_heads_k: int, device) -> int:
+def mla_metadata_num_parts(num_q_tokens_per_head_k: int, num_heads_k: int, device,
+                           is_fp8_kvcache: bool = False) -> int:
     """Rows of the tile_scheduler_metadata that `get_mla_metadata` returns for these arguments
     (sizes persistent CUDA-graph buffers)."""
-    return plan_decode(num_q_tokens_per_head_k, num_heads_k, torch.device(device)).num_sm_parts
+    plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, torch.device(device), bool(is_fp8_kvcache))
+    return plan.num_sm_parts
 
 
 def get_mla_metadata(
@@ -74,7 +95,8 @@ def get_mla_metadata(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Computes the split-KV schedule for `flash_mla_with_kvcache`.
 
-    cache_seqlens: int32 [batch]. num_q_tokens_per_head_k: s_q * h_q // h_kv.
+    cache_seqlens: int32 [batch]. num_q_tokens_per_head_k: s_q * h_q // h_kv. is_fp8_kvcache:
+    whether the decode will read a float8_e4m3fn cache (its kernel, and so its schedule, can differ).
     Returns (tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [batch + 1]).
     On a CUDA tensor this is one kernel on the current stream, with no host synchronisation,
     so it can be captured in a CUDA graph; `out` supplies persistent output buffers.
@@ -89,10 +111,7 @@ def get_mla_metadata(
         raise ValueError(f"num_heads_q must be a positive multiple of num_heads_k={num_heads_k}; got {num_heads_q}")
     if topk is not None:
         raise ValueError(f"topk: sparse attention is not supported; pass topk=None (got {topk})")
-    if is_fp8_kvcache:
-        raise ValueError("is_fp8_kvcache: FP8 KV caches are not supported yet; pass False")
-
-    plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, cache_seqlens.device)
+    plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, cache_seqlens.device, bool(is_fp8_kvcache))
     batch = cache_seqlens.shape[0]
     if out is None:
         tile_scheduler_metadata = torch.empty(
@@ -131,24 +150,43 @@ def flash_mla_with_kvcache(
     causal: bool = False,
     return_softmax_lse: bool = True,
     out: Optional[torch.Tensor] = None,
+    *,
+    is_fp8_kvcache: Optional[bool] = None,
+    descale_q: Optional[torch.Tensor] = None,
+    descale_k: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """MLA decode attention over a paged KV cache.
 
     q: [b, s_q, h_q, 576] bf16/fp16. k_cache: [num_blocks, 64, h_kv, 576], same dtype; V is its
     first `head_dim_v` (= 512) columns. block_table: int32 [b, max_pages]. cache_seqlens: int32 [b].
-    tile_scheduler_metadata, num_splits: from `get_mla_metadata` for the same cache_seqlens.
-    Returns (out [b, s_q, h_q, 512] in q's dtype, softmax_lse float32 [b, h_q, s_q] in natural log,
-    or None when return_softmax_lse is False). Causal with s_q > 1: query row i of request b sees
+    tile_scheduler_metadata, num_splits: from `get_mla_metadata` for the same cache_seqlens (with
+    is_fp8_kvcache=True for an FP8 cache).
+    FP8 cache: k_cache float8_e4m3fn with descale_k, a float32 tensor of one element (the real
+    values are k_cache * descale_k; a tensor, so that a CUDA graph replays with its current value);
+    q then is bf16/fp16, or float8_e4m3fn with descale_q likewise. is_fp8_kvcache, when given,
+    must agree with k_cache's dtype.
+    Returns (out [b, s_q, h_q, 512] in q's dtype (bf16 for an FP8 q), softmax_lse float32
+    [b, h_q, s_q] in natural log, or None when return_softmax_lse is False). Causal with s_q > 1: query row i of request b sees
     cache positions 0 .. cache_seqlens[b] - s_q + i. A query row that sees nothing gets 0 and +inf.
     A request whose cache_seqlens exceeds block_table's capacity gets NaN (it cannot be checked
     without a host synchronisation).
     """
-    _check_tensor("q", q, dtypes=SUPPORTED_DTYPES, ndim=4)
+    _check_tensor("q", q, dtypes=KV_CACHE_DTYPES, ndim=4)
     device = q.device
     batch, s_q, h_q, head_dim = q.shape
     if head_dim != HEAD_DIM_QK:
         raise ValueError(f"q's last dimension must be {HEAD_DIM_QK} (512 latent + 64 rotary); got {_describe(q)}")
-    _check_tensor("k_cache", k_cache, dtypes=(q.dtype,), ndim=4, device=device)
+    if isinstance(k_cache, torch.Tensor) and k_cache.dtype == torch.uint8:
+        raise TypeError(f"k_cache: pass an FP8 cache stored as bytes as k_cache.view(torch.float8_e4m3fn); got "
+                        f"{_describe(k_cache)}")
+    _check_tensor("k_cache", k_cache, dtypes=(FP8_DTYPE,) if q.dtype == FP8_DTYPE else (q.dtype, FP8_DTYPE), ndim=4,
+                  device=device)
+    fp8_cache = k_cache.dtype == FP8_DTYPE
+    if is_fp8_kvcache is not None and bool(is_fp8_kvcache) != fp8_cache:
+        raise ValueError(f"is_fp8_kvcache={is_fp8_kvcache} disagrees with k_cache's dtype {k_cache.dtype}")
+    _check_descale("descale_q", descale_q, q.dtype == FP8_DTYPE, "q", device)
+    _check_descale("descale_k", descale_k, fp8_cache, "k_cache", device)
+    out_dtype = torch.bfloat16 if q.dtype == FP8_DTYPE else q.dtype
     _, page_size, h_kv, k_head_dim = k_cache.shape
     if page_size != PAGE_SIZE:
         raise ValueError(f"k_cache must have page size {PAGE_SIZE} (dimension 1); got {_describe(k_cache)}")
@@ -165,7 +203,7 @@ def flash_mla_with_kvcache(
     _check_tensor("cache_seqlens", cache_seqlens, dtypes=(torch.int32,), ndim=1, device=device)
     _check_shape("cache_seqlens", cache_seqlens, (batch,))
     _check_tensor("tile_scheduler_metadata", tile_scheduler_metadata, dtypes=(torch.int32,), ndim=2, device=device)
-    plan = plan_decode(s_q * h_q // h_kv, h_kv, device)
+    plan = plan_decode(s_q * h_q // h_kv, h_kv, device, fp8_cache)
     _check_shape("tile_scheduler_metadata", tile_scheduler_metadata, (plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE))
     _check_tensor("num_splits", num_splits, dtypes=(torch.int32,), ndim=1, device=device)
     _check_shape("num_splits", num_splits, (batch + 1,))
@@ -174,16 +212,16 @@ def flash_mla_with_kvcache(
     if softmax_scale is None:
         softmax_scale = head_dim ** -0.5
     if out is not None:
-        _check_tensor("out", out, dtypes=(q.dtype,), ndim=4, device=device)
+        _check_tensor("out", out, dtypes=(out_dtype,), ndim=4, device=device)
         _check_shape("out", out, (batch, s_q, h_q, HEAD_DIM_V))
         _check_vector_loads("out", out)
     if device.type != "cuda":
         raise ValueError(f"q and the other inputs must be CUDA tensors; got {_describe(q)}")
     if out is None:
-        out = torch.empty(batch, s_q, h_q, HEAD_DIM_V, dtype=q.dtype, device=device)
+        out = torch.empty(batch, s_q, h_q, HEAD_DIM_V, dtype=out_dtype, device=device)
     lse = torch.empty(batch, h_q, s_q, dtype=torch.float32, device=device)
     ops().mla_decode(
         q, k_cache, block_table, cache_seqlens.contiguous(), tile_scheduler_metadata.contiguous(),
-        num_splits.contiguous(), float(softmax_scale), bool(causal), plan.kernel, out, lse,
+        num_splits.contiguous(), float(softmax_scale), bool(causal), plan.kernel, out, lse, descale_q, descale_k,
     )
     return out, (lse if return_softmax_lse else None)

@@ -16,16 +16,20 @@ FIXED_REQUEST_COST = 5
 TILE_SCHEDULER_METADATA_SIZE = 8
 
 
-def mla_decode(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V, softmax_scale=None, causal=False):
+def mla_decode(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V, softmax_scale=None, causal=False,
+               descale_q=None, descale_k=None):
     """Returns (out [b, s_q, h_q, head_dim_v] float32, lse [b, h_q, s_q] float32, natural log).
 
     A query row that sees no cache position (empty request, or causal with s_q > seqlen)
-    gets output 0 and lse +inf.
+    gets output 0 and lse +inf. FP8 inputs are dequantised first: q * descale_q, k_cache *
+    descale_k (float32 tensors of one element, given exactly for the FP8 inputs).
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     if softmax_scale is None:
         softmax_scale = d ** -0.5
+    q = _dequantised(q, descale_q, "descale_q")
+    k_cache_scale = _scale_of(k_cache, descale_k, "descale_k")
     out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse = torch.full((b, h_q, s_q), math.inf, dtype=torch.float32, device=q.device)
     seqlens = cache_seqlens.tolist()
@@ -36,6 +40,7 @@ def mla_decode(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V, so
         if seqlen == 0:
             continue
         kv = k_cache[block_table[i, :num_pages].long()].reshape(num_pages * PAGE_SIZE, h_kv, d)[:seqlen].float()
+        kv = kv * k_cache_scale
         # Query heads grouped by the kv head they share: [s_q, h_kv, h_q // h_kv, d].
         q_grouped = q[i].float().reshape(s_q, h_kv, h_q // h_kv, d)
         scores = torch.einsum("sgjd,lgd->gjsl", q_grouped, kv) * softmax_scale
@@ -49,6 +54,17 @@ def mla_decode(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V, so
         out[i] = torch.einsum("gjsl,lgd->sgjd", probs, kv[..., :head_dim_v]).reshape(s_q, h_q, head_dim_v)
         lse[i] = torch.where(seen, row_lse, math.inf).reshape(h_q, s_q)
     return out, lse
+
+
+def _scale_of(t, descale, name):
+    """The dequantisation factor of `t`: descale for an FP8 tensor, 1 for a 16-bit one."""
+    if (t.dtype == torch.float8_e4m3fn) != (descale is not None):
+        raise ValueError(f"{name} must be given exactly for a float8_e4m3fn input; the input is {t.dtype}")
+    return 1.0 if descale is None else descale.float().reshape(()).item()
+
+
+def _dequantised(t, descale, name):
+    return t.float() * _scale_of(t, descale, name)
 
 
 def mla_metadata(cache_seqlens, num_sm_parts):

@@ -60,7 +60,8 @@ for stage in $stages; do
     sanitize)
       for tool in memcheck racecheck; do
         run_stage "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-          python3 -m pytest -m gpu tests/test_decode_gpu.py -q -p no:cacheprovider -k "sweep and b2-sq2-sk140-hq16"
+          python3 -m pytest -m gpu tests/test_decode_gpu.py -q -p no:cacheprovider \
+          -k "(decode_sweep and b2-sq2-sk140-hq16) or (fp8_decode_sweep and b6-sq4-sk140-hq16)"
       done
       ;;
     vllm-tests)

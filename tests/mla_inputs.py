@@ -1,12 +1,15 @@
 """Random MLA decode problems for the tests: paged caches with shuffled pages and NaN in every
-slot that no request may read."""
+slot that no request may read; FP8 versions of them quantised as vLLM does (per-tensor scale)."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 
 PAGE = 64
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
 
 
 @dataclass
@@ -16,6 +19,8 @@ class MlaProblem:
     block_table: torch.Tensor
     cache_seqlens: torch.Tensor
     causal: bool
+    descale_q: Optional[torch.Tensor] = None  # set where q is FP8
+    descale_k: Optional[torch.Tensor] = None  # set where k_cache is FP8
 
 
 def random_seqlens(batch, mean_len, varlen, generator, min_len=0):
@@ -54,3 +59,26 @@ def make_problem(seqlens, s_q, h_q, h_kv, dtype, device, seed, causal=False, ext
         cache_seqlens=seqlens.to(device),
         causal=causal,
     )
+
+
+def quantize_fp8(t):
+    """(t / scale as e4m3, scale as a float32 [1] tensor), scale = amax / 448 over the finite
+    values, as vLLM's per-tensor FP8 quantisation; NaN stays NaN."""
+    amax = t.float().nan_to_num(0.0, 0.0, 0.0).abs().max().clamp_min(1e-12)
+    scale = (amax / FP8_MAX).reshape(1)
+    return (t.float() / scale).to(FP8), scale
+
+
+def make_fp8_problem(seqlens, s_q, h_q, h_kv, device, seed, *, fp8_q, causal=False):
+    """(the problem with an FP8 cache, and q FP8 too if fp8_q; the bf16 problem it was quantised
+    from). The cache has realistic spread: each of the 576 channels is scaled by a random factor
+    in [0.25, 4], as the latent and rotary parts of a real cache differ by channel."""
+    p = make_problem(seqlens, s_q, h_q, h_kv, torch.bfloat16, device, seed, causal=causal)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    channel_scale = torch.exp2(torch.rand(576, generator=g, device=device) * 4 - 2)
+    p.k_cache = (p.k_cache.float() * channel_scale).to(torch.bfloat16)
+    k_cache, descale_k = quantize_fp8(p.k_cache)
+    quantized = replace(p, k_cache=k_cache, descale_k=descale_k)
+    if fp8_q:
+        quantized.q, quantized.descale_q = quantize_fp8(p.q)
+    return quantized, p

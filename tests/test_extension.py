@@ -70,3 +70,29 @@ def test_old_gpus_are_refused():
     dev = dict(capability=(7, 5), num_sms=40, smem_per_block=65536, smem_per_sm=65536, name="Tesla T4")
     with pytest.raises(_plan.UnsupportedDeviceError, match="compute capability 8.0 or newer; Tesla T4 has 7.5"):
         _plan._choose_kernel(16, dev)
+
+
+@needs_extension
+@pytest.mark.parametrize("capability, smem_per_block, rows, kernel",
+                         [((9, 0), 232448, 128, "sm80_m64"), ((9, 0), 232448, 16, "sm80_m16"),
+                          ((8, 9), 101376, 128, "sm80_m16")])
+def test_fp8_cache_goes_to_a_kernel_that_takes_it(capability, smem_per_block, rows, kernel):
+    dev = dict(capability=capability, num_sms=100, smem_per_block=smem_per_block, smem_per_sm=smem_per_block + 1024)
+    assert _plan._choose_kernel(rows, dev, fp8_cache=True) == kernel
+    assert _plan.kernel_info(kernel).takes_fp8_cache and not _plan.kernel_info("sm90").takes_fp8_cache
+
+
+@needs_extension
+def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch):
+    monkeypatch.setenv(_plan.KERNEL_ENV, "sm90")
+    h200 = dict(capability=(9, 0), num_sms=132, smem_per_block=232448, smem_per_sm=233472)
+    assert _plan._choose_kernel(16, h200) == "sm90"
+    with pytest.raises(_plan.UnsupportedDeviceError, match="'sm90' cannot run on this device.*with an FP8 cache"):
+        _plan._choose_kernel(16, h200, fp8_cache=True)
+
+
+@needs_extension
+@pytest.mark.parametrize("rows", [16, 128])
+def test_fp8_num_parts_matches_the_fp8_schedule(rows):
+    md, _ = fmb.get_mla_metadata(torch.full((3,), 100, dtype=torch.int32), rows, 1, is_fp8_kvcache=True)
+    assert md.shape[0] == fmb.mla_metadata_num_parts(rows, 1, "cpu", is_fp8_kvcache=True)

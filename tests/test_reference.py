@@ -1,4 +1,4 @@
-"""The reference against a naive per-row loop in float64 (CPU)."""
+"""The reference against a naive per-row loop in float64 (CPU), and its FP8 semantics."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flash_mla_backend import reference
-from mla_inputs import make_problem
+from mla_inputs import make_fp8_problem, make_problem
 
 
 def naive_decode(q, k_cache, block_table, seqlens, scale, causal):
@@ -57,3 +57,40 @@ def test_reference_rejects_lengths_past_block_table(case_seed):
     p = make_problem(torch.tensor([100], dtype=torch.int32), 1, 1, 1, torch.float32, "cpu", case_seed, extra_pages=0)
     with pytest.raises(ValueError, match="does not fit block_table"):
         reference.mla_decode(p.q, p.k_cache, p.block_table, torch.tensor([200], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("fp8_q", [False, True])
+def test_fp8_inputs_are_dequantised_with_their_scales(fp8_q, case_seed):
+    seqlens = torch.tensor([0, 70, 130], dtype=torch.int32)
+    p, _ = make_fp8_problem(seqlens, 2, 4, 2, "cpu", case_seed, fp8_q=fp8_q, causal=True)
+    out, lse = reference.mla_decode(p.q, p.k_cache, p.block_table, p.cache_seqlens, 512, 0.05, True,
+                                    descale_q=p.descale_q, descale_k=p.descale_k)
+    q = p.q.double() * p.descale_q.double() if fp8_q else p.q.double()
+    want_out, want_lse = naive_decode(q, p.k_cache.double() * p.descale_k.double(), p.block_table, seqlens, 0.05, True)
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fp8_q", [False, True])
+def test_fp8_accuracy_cost_against_the_bf16_problem(fp8_q, case_seed):
+    """e4m3 keeps 3 mantissa bits: each value is off by at most 2^-4 of itself, and the output, a
+    weighted mean of such values (and of probabilities from scores made of them), by about that
+    relative to its norm. Held to 2^-3; measured values are printed (pytest -s)."""
+    seqlens = torch.tensor([200, 1000], dtype=torch.int32)
+    p, bf16 = make_fp8_problem(seqlens, 1, 8, 1, "cpu", case_seed, fp8_q=fp8_q)
+    out, lse = reference.mla_decode(p.q, p.k_cache, p.block_table, p.cache_seqlens,
+                                    descale_q=p.descale_q, descale_k=p.descale_k)
+    want_out, want_lse = reference.mla_decode(bf16.q, bf16.k_cache, bf16.block_table, bf16.cache_seqlens)
+    err = ((out - want_out).norm() / want_out.norm()).item()
+    print(f"fp8 {'q and cache' if fp8_q else 'cache'}: relative output error {err:.3e}, "
+          f"max lse error {(lse - want_lse).abs().max().item():.3e}")
+    assert 0 < err < 2**-3
+
+
+def test_reference_requires_scales_exactly_for_fp8_inputs(case_seed):
+    p, bf16 = make_fp8_problem(torch.tensor([10], dtype=torch.int32), 1, 1, 1, "cpu", case_seed, fp8_q=False)
+    with pytest.raises(ValueError, match="descale_k must be given exactly for a float8_e4m3fn input"):
+        reference.mla_decode(p.q, p.k_cache, p.block_table, p.cache_seqlens)
+    with pytest.raises(ValueError, match="descale_q must be given exactly for a float8_e4m3fn input"):
+        reference.mla_decode(p.q, p.k_cache, p.block_table, p.cache_seqlens, descale_q=p.descale_k,
+                             descale_k=p.descale_k)

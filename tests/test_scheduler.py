@@ -89,7 +89,6 @@ def test_get_mla_metadata_on_cpu_checks_given_buffers():
         (dict(num_q_tokens_per_head_k=0), "num_q_tokens_per_head_k must be a positive int"),
         (dict(num_heads_k=2, num_heads_q=3), "num_heads_q must be a positive multiple of num_heads_k=2"),
         (dict(topk=2048), "topk: sparse attention is not supported"),
-        (dict(is_fp8_kvcache=True), "is_fp8_kvcache"),
     ],
 )
 def test_get_mla_metadata_rejects_bad_arguments(kwargs, message):

@@ -6,6 +6,8 @@ import torch
 
 import flash_mla_backend as fmb
 
+FP8 = torch.float8_e4m3fn
+
 
 def valid_args(batch=2, s_q=1, h_q=16, h_kv=1, device="cpu", dtype=torch.bfloat16):
     seqlens = torch.tensor([70, 5][:batch], dtype=torch.int32, device=device)
@@ -58,6 +60,56 @@ def test_bad_argument_is_named(name, make_bad, error, message):
     args[name] = make_bad(args)
     with pytest.raises(error, match=message):
         fmb.flash_mla_with_kvcache(**args)
+
+
+def valid_fp8_args(fp8_q):
+    """An FP8 cache (and q) with their scales, and the schedule made for an FP8 cache."""
+    args = valid_args()
+    seqlens = args["cache_seqlens"]
+    args["tile_scheduler_metadata"], args["num_splits"] = fmb.get_mla_metadata(seqlens, 16, 1, is_fp8_kvcache=True)
+    args["k_cache"] = args["k_cache"].to(FP8)
+    args["descale_k"] = torch.tensor([0.5])
+    if fp8_q:
+        args["q"] = args["q"].to(FP8)
+        args["descale_q"] = torch.tensor([0.25])
+    return args
+
+
+FP8_CASES = [
+    (False, "descale_k", lambda a: None, ValueError, "descale_k is required with a float8_e4m3fn k_cache"),
+    (False, "descale_k", lambda a: torch.tensor([0.5], dtype=torch.float64), ValueError,
+     "descale_k must be a float32 tensor of one element"),
+    (False, "descale_k", lambda a: torch.tensor([0.5, 0.5]), ValueError, "descale_k must be a float32 tensor of one"),
+    (False, "descale_k", lambda a: 0.5, ValueError, "descale_k must be a float32 tensor of one element.*got float"),
+    (False, "descale_q", lambda a: torch.tensor([0.5]), ValueError,
+     "descale_q applies to a float8_e4m3fn q only; q is not FP8"),
+    (False, "k_cache", lambda a: a["k_cache"].view(torch.uint8), TypeError,
+     r"k_cache: pass an FP8 cache stored as bytes as k_cache.view\(torch.float8_e4m3fn\)"),
+    (False, "is_fp8_kvcache", lambda a: False, ValueError, "is_fp8_kvcache=False disagrees with k_cache's dtype"),
+    (False, "tile_scheduler_metadata", lambda a: valid_args()["tile_scheduler_metadata"], ValueError,
+     r"tile_scheduler_metadata must have shape \(\d+, 8\)"),  # a schedule made for a bf16 cache
+    (True, "descale_q", lambda a: None, ValueError, "descale_q is required with a float8_e4m3fn q"),
+    (True, "k_cache", lambda a: a["k_cache"].float().bfloat16(), TypeError,
+     "k_cache must have dtype torch.float8_e4m3fn"),
+    (True, "out", lambda a: torch.empty(2, 1, 16, 512, dtype=torch.float16), TypeError,
+     "out must have dtype torch.bfloat16"),  # an FP8 q gives bf16
+    (False, "q", lambda a: a["q"], ValueError, "must be CUDA tensors"),  # everything else is valid
+    (True, "q", lambda a: a["q"], ValueError, "must be CUDA tensors"),
+]
+
+
+@pytest.mark.parametrize("fp8_q, name, make_bad, error, message", FP8_CASES,
+                         ids=[f"{'fp8q' if c[0] else 'bf16q'}-{c[1]}-{i}" for i, c in enumerate(FP8_CASES)])
+def test_bad_fp8_argument_is_named(fp8_q, name, make_bad, error, message):
+    args = valid_fp8_args(fp8_q)
+    args[name] = make_bad(args)
+    with pytest.raises(error, match=message):
+        fmb.flash_mla_with_kvcache(**args)
+
+
+def test_bf16_cache_refuses_is_fp8_kvcache():
+    with pytest.raises(ValueError, match="is_fp8_kvcache=True disagrees with k_cache's dtype torch.bfloat16"):
+        fmb.flash_mla_with_kvcache(**valid_args(), is_fp8_kvcache=True)
 
 
 def test_non_tensor_argument():

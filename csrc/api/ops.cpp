@@ -40,10 +40,35 @@ std::vector<std::string> decode_kernels() {
   return names;
 }
 
-// (block_m, shared-memory bytes, minimum compute capability major, minor, arch-specific 0/1)
+// (block_m, shared-memory bytes, minimum compute capability major, minor, arch-specific 0/1,
+// takes FP8 caches 0/1)
 std::vector<int64_t> decode_kernel_info(c10::string_view name) {
   const DecodeKernel& k = find_decode_kernel(name);
-  return {k.block_m, k.smem_bytes, k.min_cc_major, k.min_cc_minor, k.arch_specific};
+  return {k.block_m, k.smem_bytes, k.min_cc_major, k.min_cc_minor, k.arch_specific, k.takes_fp8_cache()};
+}
+
+DecodeInputs decode_inputs(at::ScalarType q, at::ScalarType k_cache) {
+  constexpr at::ScalarType kFp8 = at::kFloat8_e4m3fn;
+  if (q == at::kBFloat16 && k_cache == at::kBFloat16) return DecodeInputs::kBf16;
+  if (q == at::kHalf && k_cache == at::kHalf) return DecodeInputs::kFp16;
+  if (q == at::kBFloat16 && k_cache == kFp8) return DecodeInputs::kBf16QFp8Cache;
+  if (q == at::kHalf && k_cache == kFp8) return DecodeInputs::kFp16QFp8Cache;
+  if (q == kFp8 && k_cache == kFp8) return DecodeInputs::kFp8QFp8Cache;
+  TORCH_CHECK(false, "q and k_cache must both be bfloat16 or both float16, or k_cache float8_e4m3fn with q "
+              "bfloat16, float16 or float8_e4m3fn; got q ", q, " and k_cache ", k_cache);
+}
+
+// An FP8 input's scale: nullptr for a 16-bit one, which must come without.
+const float* descale_pointer(const c10::optional<at::Tensor>& descale, bool fp8, const at::Tensor& q,
+                             const char* name) {
+  if (!fp8) {
+    TORCH_CHECK(!descale.has_value(), name, " applies to an FP8 input only");
+    return nullptr;
+  }
+  TORCH_CHECK(descale.has_value() && descale->scalar_type() == at::kFloat && descale->numel() == 1 &&
+                  descale->device() == q.device(),
+              name, " must be a float32 tensor of one element on q's device for an FP8 input");
+  return descale->data_ptr<float>();
 }
 
 void check_int32_cuda(const at::Tensor& t, const char* name, int64_t dims) {
@@ -72,13 +97,19 @@ void get_mla_metadata(const at::Tensor& cache_seqlens, const at::Tensor& tile_sc
 void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table,
                 const at::Tensor& cache_seqlens, const at::Tensor& tile_scheduler_metadata,
                 const at::Tensor& num_splits, double softmax_scale, bool causal, c10::string_view kernel_name,
-                const at::Tensor& out, const at::Tensor& softmax_lse) {
+                const at::Tensor& out, const at::Tensor& softmax_lse, const c10::optional<at::Tensor>& descale_q,
+                const c10::optional<at::Tensor>& descale_k) {
   const DecodeKernel& kernel = find_decode_kernel(kernel_name);
   TORCH_CHECK(q.is_cuda() && q.dim() == 4 && q.size(3) == kHeadDimQK, "q must be a CUDA tensor [b, s_q, h_q, 576]");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, "q must be bfloat16 or float16");
-  TORCH_CHECK(k_cache.scalar_type() == q.scalar_type() && k_cache.dim() == 4 && k_cache.size(1) == kPageSize &&
-                  k_cache.size(3) == kHeadDimQK,
-              "k_cache must be [num_blocks, 64, h_kv, 576] in q's dtype");
+  const DecodeInputs inputs = decode_inputs(q.scalar_type(), k_cache.scalar_type());
+  const DecodeLauncher launch = kernel.launcher(inputs);
+  TORCH_CHECK(launch != nullptr, "decode kernel '", kernel.name, "' does not take q ", q.scalar_type(),
+              " with k_cache ", k_cache.scalar_type());
+  const bool fp8_q = inputs == DecodeInputs::kFp8QFp8Cache;
+  const bool fp8_cache = k_cache.scalar_type() == at::kFloat8_e4m3fn;
+  const at::ScalarType out_dtype = fp8_q ? at::kBFloat16 : q.scalar_type();
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kPageSize && k_cache.size(3) == kHeadDimQK,
+              "k_cache must be [num_blocks, 64, h_kv, 576]");
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2), h_kv = k_cache.size(2);
   TORCH_CHECK(h_kv >= 1 && h_q % h_kv == 0, "h_q must be a multiple of h_kv");
   check_int32_cuda(block_table, "block_table", 2);
@@ -92,9 +123,9 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
               "scheduler inputs must be contiguous");
   TORCH_CHECK(q.stride(3) == 1 && k_cache.stride(3) == 1 && out.stride(3) == 1,
               "q, k_cache and out must be contiguous in the head dimension");
-  TORCH_CHECK(out.scalar_type() == q.scalar_type() && out.dim() == 4 && out.size(0) == batch && out.size(1) == s_q &&
+  TORCH_CHECK(out.scalar_type() == out_dtype && out.dim() == 4 && out.size(0) == batch && out.size(1) == s_q &&
                   out.size(2) == h_q && out.size(3) == kHeadDimV,
-              "out must be [b, s_q, h_q, 512] in q's dtype");
+              "out must be [b, s_q, h_q, 512] in q's dtype (bfloat16 for an FP8 q)");
   TORCH_CHECK(softmax_lse.scalar_type() == at::kFloat && softmax_lse.is_contiguous() && softmax_lse.dim() == 3 &&
                   softmax_lse.size(0) == batch && softmax_lse.size(1) == h_q && softmax_lse.size(2) == s_q,
               "softmax_lse must be a contiguous float32 [b, h_q, s_q]");
@@ -120,6 +151,8 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   p.lse = softmax_lse.data_ptr<float>();
   p.out_accum = out_accum.data_ptr<float>();
   p.lse_accum = lse_accum.data_ptr<float>();
+  p.descale_q = descale_pointer(descale_q, fp8_q, q, "descale_q");
+  p.descale_k = descale_pointer(descale_k, fp8_cache, q, "descale_k");
   p.q_batch_stride = q.stride(0);
   p.q_seq_stride = q.stride(1);
   p.q_head_stride = q.stride(2);
@@ -143,14 +176,13 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   p.causal = causal && s_q > 1;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const bool bf16 = q.scalar_type() == at::kBFloat16;
   try {
-    (bf16 ? kernel.bf16 : kernel.fp16)(p, stream);
+    launch(p, stream);
   } catch (const std::exception& e) {
     TORCH_CHECK(false, e.what());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (bf16)
+  if (out_dtype == at::kBFloat16)
     launch_combine<__nv_bfloat16>(p, stream);
   else
     launch_combine<__half>(p, stream);
@@ -165,7 +197,8 @@ TORCH_LIBRARY(flash_mla_backend, m) {
   m.def("get_mla_metadata(Tensor cache_seqlens, Tensor(a!) tile_scheduler_metadata, Tensor(b!) num_splits) -> ()");
   m.def(
       "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, Tensor tile_scheduler_metadata, "
-      "Tensor num_splits, float softmax_scale, bool causal, str kernel, Tensor(a!) out, Tensor(b!) softmax_lse) -> ()");
+      "Tensor num_splits, float softmax_scale, bool causal, str kernel, Tensor(a!) out, Tensor(b!) softmax_lse, "
+      "Tensor? descale_q=None, Tensor? descale_k=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(flash_mla_backend, CUDA, m) {

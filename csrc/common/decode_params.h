@@ -36,6 +36,11 @@ struct DecodeParams {
   // Partial results of split requests, indexed by split row:
   float* out_accum;          // [num_split_rows, h_kv, rows_per_kv_head, 512]
   float* lse_accum;          // [num_split_rows, h_kv, rows_per_kv_head], log2
+  // Dequantisation scales (one float each, read on the device so that a CUDA graph replays with
+  // the current values): real q = q * *descale_q for an FP8 q, real K and V = cache *
+  // *descale_k for an FP8 cache; nullptr where that input is not FP8.
+  const float* descale_q;
+  const float* descale_k;
 
   int64_t q_batch_stride, q_seq_stride, q_head_stride;
   int64_t k_block_stride, k_token_stride, k_head_stride;
@@ -51,6 +56,21 @@ struct DecodeParams {
   float scale_log2;      // softmax_scale * log2(e)
   bool causal;
 };
+
+#ifdef __CUDACC__
+// The base-2 score scale with the FP8 dequantisation folded in: scores come from the raw values.
+__device__ __forceinline__ float score_scale_log2(const DecodeParams& p) {
+  float scale = p.scale_log2;
+  if (p.descale_q != nullptr) scale *= *p.descale_q;
+  if (p.descale_k != nullptr) scale *= *p.descale_k;
+  return scale;
+}
+
+// The factor that turns P . V over the raw cache values into the real output.
+__device__ __forceinline__ float value_scale(const DecodeParams& p) {
+  return p.descale_k != nullptr ? *p.descale_k : 1.f;
+}
+#endif
 
 // Query row r of a kv head is (token r / heads_per_kv, head kv_head * heads_per_kv + r % heads_per_kv).
 struct QueryRow {

@@ -19,7 +19,7 @@ class RowOutput {
       : final_output_(final_output) {
     const QueryRow qr(p, kv_head, q_row);
     const bool seen = row_sum > 0.f;
-    inv_sum_ = !valid_length ? CUDART_NAN_F : seen ? 1.f / row_sum : 0.f;
+    out_scale_ = !valid_length ? CUDART_NAN_F : seen ? value_scale(p) / row_sum : 0.f;
     lse_log2_ = !valid_length ? CUDART_NAN_F : seen ? row_max + log2f(row_sum) : -CUDART_INF_F;
     if (final_output) {
       out_ = static_cast<Element*>(p.out) + int64_t(req) * p.o_batch_stride + qr.token * p.o_seq_stride +
@@ -40,13 +40,14 @@ class RowOutput {
 #pragma unroll
       for (int i = 0; i < kPairs; ++i) {
         const float2 v = pair_at(i);
-        *reinterpret_cast<uint32_t*>(out_ + first_col + 8 * i) = MmaTraits<Element>::pack(v.x * inv_sum_, v.y * inv_sum_);
+        *reinterpret_cast<uint32_t*>(out_ + first_col + 8 * i) =
+            MmaTraits<Element>::pack(v.x * out_scale_, v.y * out_scale_);
       }
     } else {
 #pragma unroll
       for (int i = 0; i < kPairs; ++i) {
         const float2 v = pair_at(i);
-        *reinterpret_cast<float2*>(accum_ + first_col + 8 * i) = make_float2(v.x * inv_sum_, v.y * inv_sum_);
+        *reinterpret_cast<float2*>(accum_ + first_col + 8 * i) = make_float2(v.x * out_scale_, v.y * out_scale_);
       }
     }
   }
@@ -59,7 +60,8 @@ class RowOutput {
 
  private:
   bool final_output_;
-  float inv_sum_, lse_log2_;
+  float out_scale_;  // 1 / row_sum, times the FP8 cache's value scale
+  float lse_log2_;
   Element* out_ = nullptr;
   float* accum_ = nullptr;
   float* lse_;

@@ -9,14 +9,20 @@ namespace flash_mla_backend {
 
 using DecodeLauncher = void (*)(const DecodeParams& params, cudaStream_t stream);
 
+// The (q, k_cache) dtypes a launcher takes. The kernels compute in the 16-bit type (bf16 for an
+// FP8 q, whose values bf16 holds exactly) and write the output in it.
+enum class DecodeInputs : int { kBf16, kFp16, kBf16QFp8Cache, kFp16QFp8Cache, kFp8QFp8Cache, kCount };
+
 struct DecodeKernel {
   const char* name;
   int block_m;        // query rows per CTA tile; the planner sizes the schedule by it
   int smem_bytes;     // dynamic shared memory per CTA
   int min_cc_major, min_cc_minor;
   bool arch_specific;  // machine code for exactly min_cc (sm_90a), not for newer GPUs
-  DecodeLauncher bf16;
-  DecodeLauncher fp16;
+  DecodeLauncher launchers[int(DecodeInputs::kCount)];  // indexed by DecodeInputs; nullptr where not taken
+
+  DecodeLauncher launcher(DecodeInputs inputs) const { return launchers[int(inputs)]; }
+  bool takes_fp8_cache() const { return launcher(DecodeInputs::kBf16QFp8Cache) != nullptr; }
 };
 
 // Contract of every decode kernel, for each scheduler part (see SchedulerPart) and each

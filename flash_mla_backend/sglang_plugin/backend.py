@@ -26,10 +26,11 @@ from sglang.srt.runtime_context import get_parallel
 
 from flash_mla_backend import __version__, flash_mla_with_kvcache, get_mla_metadata
 from flash_mla_backend.interface import (
+    FP8_DTYPE,
     HEAD_DIM_QK,
     HEAD_DIM_V,
+    KV_CACHE_DTYPES,
     PAGE_SIZE,
-    SUPPORTED_DTYPES,
     TILE_SCHEDULER_METADATA_SIZE,
     mla_metadata_num_parts,
 )
@@ -43,12 +44,11 @@ if sglang_flashmla.PAGE_SIZE != PAGE_SIZE:
 
 def _check_model_is_supported(model_runner) -> None:
     """Raises before SGLang allocates anything if our kernels cannot serve this model's cache."""
-    if model_runner.kv_cache_dtype not in SUPPORTED_DTYPES:
+    if model_runner.kv_cache_dtype not in KV_CACHE_DTYPES:
         raise NotImplementedError(
             f"flash-mla-backend {__version__} supports KV caches of "
-            f"{' or '.join(map(str, SUPPORTED_DTYPES))}, but SGLang is configured with {model_runner.kv_cache_dtype} "
-            f"(FP8 caches are not supported yet). Use --kv-cache-dtype auto, or set {DISABLE_ENV}=1 to run "
-            f"SGLang's own FlashMLA kernels."
+            f"{' or '.join(map(str, KV_CACHE_DTYPES))}, but SGLang is configured with {model_runner.kv_cache_dtype}. "
+            f"Use --kv-cache-dtype auto or fp8_e4m3, or set {DISABLE_ENV}=1 to run SGLang's own FlashMLA kernels."
         )
     config = model_runner.model_config
     if (config.kv_lora_rank, config.qk_rope_head_dim) != (HEAD_DIM_V, HEAD_DIM_QK - HEAD_DIM_V):
@@ -71,6 +71,10 @@ class FlashMLABackendOnOurKernels(sglang_flashmla.FlashMLABackend):
         """Takes SGLang's FlashMLABackend arguments; refuses models and caches our kernels lack."""
         _check_model_is_supported(model_runner)
         super().__init__(model_runner, *args, **kwargs)
+        # The kernel, and so the schedule, depends on whether the cache is FP8 (e4m3, checked above).
+        self.fp8_cache = model_runner.kv_cache_dtype == FP8_DTYPE
+        # The cache scale for layers without one, at a fixed address for CUDA graphs.
+        self.unit_scale = torch.ones(1, dtype=torch.float32, device=self.device) if self.fp8_cache else None
         # The cache lengths that CUDA graphs read; made by init_cuda_graph_state.
         self.cuda_graph_cache_seqlens = None
         if not FlashMLABackendOnOurKernels._announced:
@@ -141,7 +145,7 @@ class FlashMLABackendOnOurKernels(sglang_flashmla.FlashMLABackend):
         return 1 if forward_mode.is_decode_or_idle() else self.num_draft_tokens
 
     def _num_sm_parts(self, query_len: int) -> int:
-        return mla_metadata_num_parts(query_len * self.num_q_heads, 1, self.req_to_token.device)
+        return mla_metadata_num_parts(query_len * self.num_q_heads, 1, self.req_to_token.device, self.fp8_cache)
 
     def _cache_seqlens(self, forward_batch, *, in_cuda_graph: bool) -> torch.Tensor:
         """int32 [bs]: the cached tokens each request's queries attend to, this step's included."""
@@ -161,7 +165,9 @@ class FlashMLABackendOnOurKernels(sglang_flashmla.FlashMLABackend):
     def _build_metadata(self, forward_batch, *, cache_seqlens, block_table, metadata_out=None):
         self._fill_block_table(forward_batch, cache_seqlens, block_table)
         rows_per_kv_head = self._query_len(forward_batch.forward_mode) * self.num_q_heads
-        tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, rows_per_kv_head, 1, out=metadata_out)
+        tile_scheduler_metadata, num_splits = get_mla_metadata(
+            cache_seqlens, rows_per_kv_head, 1, is_fp8_kvcache=self.fp8_cache, out=metadata_out
+        )
         self.forward_metadata = sglang_flashmla.FlashMLADecodeMetadata(
             tile_scheduler_metadata, num_splits, block_table, seq_lens_k=cache_seqlens
         )
@@ -183,6 +189,10 @@ class FlashMLABackendOnOurKernels(sglang_flashmla.FlashMLABackend):
         )
 
     # ---- attention ----
+
+    def _cache_scale(self, layer) -> torch.Tensor:
+        """float32 [1]: the layer's FP8 cache scale (a view, so CUDA graphs read its current value), or 1."""
+        return layer.k_scale.reshape(1).float() if layer.k_scale is not None else self.unit_scale
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
         out, lse = self._attend(q, k, v, layer, forward_batch, save_kv_cache)
@@ -212,5 +222,8 @@ class FlashMLABackendOnOurKernels(sglang_flashmla.FlashMLABackend):
             metadata.num_splits,
             softmax_scale=layer.scaling,
             causal=True,
+            # An FP8 cache's scale; q stays in the model dtype (SGLang's own kernels quantise it,
+            # which costs accuracy and, in ours, no speed).
+            descale_k=self._cache_scale(layer) if self.fp8_cache else None,
         )
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim), lse

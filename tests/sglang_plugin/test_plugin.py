@@ -6,6 +6,7 @@ our class swap our subclass's own `__init__` for a recorder; test_sglang_gpu_dec
 """
 
 from importlib import metadata
+import textwrap
 
 import pytest
 
@@ -188,44 +189,65 @@ def test_hook_failure_is_loud(run_child, breakage):
     assert DISABLE_ENV in result["raised"]
 
 
-def test_unsupported_kv_cache_is_refused_at_construction(run_child):
-    """An FP8 KV cache must not reach our bf16/fp16 kernels; SGLang's test kit builds the runner."""
+FP8_RUNNER = textwrap.dedent("""
+    import json
+    import torch
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.test.kits.attention_unittest.attention_methods.mla_attention import (
+        MLAAttentionCase,
+        MockMLAModelRunner,
+        TinyMLAModelConfig,
+    )
+
+    case = MLAAttentionCase(
+        name="fp8", backend="flashmla", forward_mode=ForwardMode.DECODE, num_heads=16, page_size=64,
+        prefix_lens=(3,),
+    )
+    config = TinyMLAModelConfig(
+        num_heads=16, kv_lora_rank=512, qk_rope_head_dim=64, hidden_size=64, context_len=128
+    )
+    runner = MockMLAModelRunner(
+        case=case, model_config=config, dtype=torch.bfloat16, device="cpu", max_context_len=128,
+        kv_lora_rank=512, qk_rope_head_dim=64, fp8_kv_cache=True,
+    )
+""")
+
+
+def test_fp8_e4m3_cache_is_accepted(run_child):
+    """SGLang's FP8 KV cache (float8_e4m3fn) passes our model check (building the backend itself
+    needs CUDA: test_sglang_gpu_decode.py decodes over an FP8 pool)."""
     result, _ = run_child(
-        """
-        import json
-        import torch
-        from sglang.srt.plugins import load_plugins
+        FP8_RUNNER
+        + textwrap.dedent("""
+        from flash_mla_backend.sglang_plugin.backend import _check_model_is_supported
 
-        load_plugins()
-        from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
-        from sglang.srt.model_executor.forward_batch_info import ForwardMode
-        from sglang.test.kits.attention_unittest.attention_methods.mla_attention import (
-            MLAAttentionCase,
-            MockMLAModelRunner,
-            TinyMLAModelConfig,
-        )
+        _check_model_is_supported(runner)
+        print(json.dumps({"kv_cache_dtype": str(runner.kv_cache_dtype)}))
+        """)
+    )
+    assert result["kv_cache_dtype"] == "torch.float8_e4m3fn"
 
-        case = MLAAttentionCase(
-            name="fp8", backend="flashmla", forward_mode=ForwardMode.DECODE, num_heads=16, page_size=64,
-            prefix_lens=(3,),
-        )
-        config = TinyMLAModelConfig(
-            num_heads=16, kv_lora_rank=512, qk_rope_head_dim=64, hidden_size=64, context_len=128
-        )
-        runner = MockMLAModelRunner(
-            case=case, model_config=config, dtype=torch.bfloat16, device="cpu", max_context_len=128,
-            kv_lora_rank=512, qk_rope_head_dim=64, fp8_kv_cache=True,
-        )
+
+def test_unsupported_kv_cache_is_refused_at_construction(run_child):
+    """An e5m2 cache (SGLang's fp8_e5m2) must not reach our kernels, which read e4m3."""
+    result, _ = run_child(
+        FP8_RUNNER
+        + textwrap.dedent("""
+        runner.kv_cache_dtype = torch.float8_e5m2
         try:
             ATTENTION_BACKENDS["flashmla"](runner)
             error = None
         except NotImplementedError as exc:
             error = str(exc)
         print(json.dumps({"error": error}))
-        """
+        """)
     )
     assert result["error"] is not None
-    assert "float8_e4m3fn" in result["error"] and DISABLE_ENV in result["error"]
+    assert "float8_e5m2" in result["error"] and DISABLE_ENV in result["error"]
 
 
 def test_version_check_names_supported_version(monkeypatch):

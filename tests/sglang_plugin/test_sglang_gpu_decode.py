@@ -62,8 +62,9 @@ def sglang_api():
     )
 
 
-def _build(sglang_api, mode, cache_lens, query_len, seed):
-    """A backend built by SGLang's factory, a filled pool and a batch whose requests have `cache_lens`."""
+def _build(sglang_api, mode, cache_lens, query_len, seed, fp8_cache=False):
+    """A backend built by SGLang's factory, a filled pool and a batch whose requests have `cache_lens`
+    (with fp8_cache, an e4m3 pool and the layer's k_scale, as SGLang's --kv-cache-dtype fp8_e4m3)."""
     torch.manual_seed(seed)
     batch_size = len(cache_lens)
     prefix_lens = tuple(n - query_len for n in cache_lens)
@@ -91,12 +92,17 @@ def _build(sglang_api, mode, cache_lens, query_len, seed):
         max_context_len=MAX_CONTEXT_LEN,
         kv_lora_rank=KV_LORA_RANK,
         qk_rope_head_dim=HEAD_DIM - KV_LORA_RANK,
+        fp8_kv_cache=fp8_cache,
     )
     backend = sglang_api.ATTENTION_BACKENDS["flashmla"](runner)
     assert type(backend) is sglang_api.FlashMLABackendOnOurKernels
 
     kv_slots = runner.token_to_kv_pool.get_key_buffer(0)  # [slots, 1, 576]
-    kv_slots.fill_(math.nan)
+    if fp8_cache:
+        kv_slots.view(torch.uint8).fill_(0x7F)  # e4m3's NaN
+    else:
+        kv_slots.fill_(math.nan)
+    k_scale = 0.02  # values of magnitude ~4 / 0.02 = 200 fit e4m3's range (448)
     # Whole pages per request, scattered over the pool; page 0 is SGLang's padding page.
     pages_needed = [math.ceil(n / PAGE_SIZE) for n in cache_lens]
     free_pages = (torch.randperm(kv_slots.shape[0] // PAGE_SIZE - 1) + 1).tolist()
@@ -107,7 +113,8 @@ def _build(sglang_api, mode, cache_lens, query_len, seed):
         positions = torch.arange(length)
         slots = (pages[positions // PAGE_SIZE] * PAGE_SIZE + positions % PAGE_SIZE).cuda()
         runner.req_to_token_pool.req_to_token[i, :length] = slots.to(runner.req_to_token_pool.req_to_token.dtype)
-        kv_slots[slots] = torch.randn(length, 1, HEAD_DIM, dtype=kv_slots.dtype, device="cuda")
+        values = torch.randn(length, 1, HEAD_DIM, device="cuda")
+        kv_slots[slots] = (values / k_scale).to(kv_slots.dtype) if fp8_cache else values.to(kv_slots.dtype)
 
     layer = sglang_api.RadixAttention(
         num_heads=NUM_HEADS,
@@ -117,6 +124,8 @@ def _build(sglang_api, mode, cache_lens, query_len, seed):
         layer_id=0,
         v_head_dim=KV_LORA_RANK,
     )
+    if fp8_cache:
+        layer.k_scale = torch.tensor(k_scale, dtype=torch.float32, device="cuda")
     q = torch.randn(batch_size * query_len, NUM_HEADS * HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     return SimpleNamespace(
         runner=runner,
@@ -154,10 +163,15 @@ def _forward(setup, batch, q):
     return forward(q, None, None, setup.layer, batch, save_kv_cache=False)
 
 
+def _descale_k(setup):
+    return setup.layer.k_scale.reshape(1) if setup.kv_pages.dtype == torch.float8_e4m3fn else None
+
+
 def _expected(setup):
     q = setup.q.view(len(setup.cache_lens), setup.query_len, NUM_HEADS, HEAD_DIM)
     return reference.mla_decode(
-        q, setup.kv_pages, setup.block_table, setup.cache_lens, softmax_scale=SCALE, causal=True
+        q, setup.kv_pages, setup.block_table, setup.cache_lens, softmax_scale=SCALE, causal=True,
+        descale_k=_descale_k(setup),
     )
 
 
@@ -175,11 +189,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_eager_step_matches_reference(sglang_api, case, case_seed):
+def test_eager_step_matches_reference(sglang_api, case, cache, case_seed):
     mode_name, cache_lens, query_len = CASES[case]
     mode = getattr(sglang_api.ForwardMode, mode_name)
-    setup = _build(sglang_api, mode, cache_lens, query_len, case_seed)
+    setup = _build(sglang_api, mode, cache_lens, query_len, case_seed, fp8_cache=cache == "fp8")
     # SGLang's seq_lens include a decode step's new token but not the drafts under verification.
     batch = _batch(sglang_api, setup, mode, [n - (query_len if mode.is_target_verify() else 0) for n in cache_lens])
 
@@ -198,6 +213,7 @@ def test_eager_step_matches_reference(sglang_api, case, case_seed):
             metadata.num_splits,
             softmax_scale=SCALE,
             causal=True,
+            descale_k=_descale_k(setup),
         )
     expected_out, expected_lse = _expected(setup)
     _check_output(out, expected_out)

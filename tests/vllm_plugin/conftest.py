@@ -156,7 +156,7 @@ class MlaDecodeSetup:
                 num_kv_heads=1,
                 alibi_slopes=None,
                 sliding_window=None,
-                kv_cache_dtype="auto",
+                kv_cache_dtype=self.vllm_config.cache_config.cache_dtype,
                 logits_soft_cap=None,
                 attn_type="decoder",
                 kv_sharing_target_layer_name=None,
@@ -168,25 +168,32 @@ class MlaDecodeSetup:
 
 @pytest.fixture
 def make_mla_setup():
-    """make_mla_setup(num_heads, device, full_cudagraphs=False, max_num_seqs=64) -> MlaDecodeSetup
-    with our builder, built the way vLLM's GPU model runner builds it."""
+    """make_mla_setup(num_heads, device, full_cudagraphs=False, max_num_seqs=64, cache_dtype="auto")
+    -> MlaDecodeSetup with our builder, built the way vLLM's GPU model runner builds it. With an
+    FP8 cache_dtype the layer carries vLLM's scale buffers (_q_scale, _k_scale: 0-d float32)."""
     from vllm.config import CUDAGraphMode, DeviceConfig, VllmConfig, set_current_vllm_config
     from vllm.v1.kv_cache_interface import MLAAttentionSpec
 
     from flash_mla_backend.vllm_plugin.backend import FlashMLAPluginBackend
 
-    def make(num_heads, device, *, full_cudagraphs=False, max_num_seqs=64, dtype=torch.bfloat16):
+    def make(num_heads, device, *, full_cudagraphs=False, max_num_seqs=64, dtype=torch.bfloat16, cache_dtype="auto"):
         # An explicit device: vLLM cannot infer one on a machine without a GPU.
         vllm_config = VllmConfig(device_config=DeviceConfig(device=device))
         vllm_config.model_config = DeepSeekModelConfigStandIn(num_heads, dtype)
         vllm_config.cache_config.block_size = PAGE_SIZE
+        vllm_config.cache_config.cache_dtype = cache_dtype
         vllm_config.scheduler_config.max_num_seqs = max_num_seqs
         compilation = vllm_config.compilation_config
         compilation.cudagraph_mode = CUDAGraphMode.FULL_DECODE_ONLY if full_cudagraphs else CUDAGraphMode.NONE
         prefill = _prefill_backend_stand_in(vllm_config, num_heads)
         layer = SimpleNamespace(num_heads=num_heads, scale=prefill.scale, prefill_backend=prefill, **DEEPSEEK_MLA_DIMS)
+        if cache_dtype.startswith("fp8"):
+            layer._q_scale = torch.tensor(1.0, device=device)
+            layer._k_scale = torch.tensor(1.0, device=device)
         compilation.static_forward_context[LAYER_NAME] = layer
-        spec = MLAAttentionSpec(block_size=PAGE_SIZE, num_kv_heads=1, head_size=HEAD_DIM_QK, dtype=dtype)
+        # vLLM keeps an FP8 cache as bytes and views it as e4m3 before attention.
+        cache_storage = torch.uint8 if cache_dtype.startswith("fp8") else dtype
+        spec = MLAAttentionSpec(block_size=PAGE_SIZE, num_kv_heads=1, head_size=HEAD_DIM_QK, dtype=cache_storage)
         with set_current_vllm_config(vllm_config):
             builder = FlashMLAPluginBackend.get_builder_cls()(spec, [LAYER_NAME], vllm_config, torch.device(device))
         return MlaDecodeSetup(vllm_config, layer, builder)

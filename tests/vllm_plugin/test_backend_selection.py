@@ -48,10 +48,16 @@ def test_both_half_precision_model_dtypes_are_accepted(select_flashmla, needs_ex
     assert select_flashmla((9, 0), dtype=dtype, kv_cache_dtype=str(dtype).removeprefix("torch.")) == BACKEND_CLASS_PATH
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e4m3"])
+@pytest.mark.parametrize("capability", [(9, 0), (8, 9)])
+def test_fp8_e4m3_caches_select_our_backend(select_flashmla, needs_extension, capability, kv_cache_dtype):
+    assert select_flashmla(capability, kv_cache_dtype=kv_cache_dtype) == BACKEND_CLASS_PATH
+
+
 @pytest.mark.parametrize(
     "capability, layer_overrides, reason",
     [
-        ((9, 0), dict(kv_cache_dtype="fp8"), "kv_cache_dtype not supported"),
+        ((9, 0), dict(kv_cache_dtype="fp8_e5m2"), "kv_cache_dtype not supported"),
         ((9, 0), dict(block_size=16), "block_size not supported"),
         ((9, 0), dict(head_size=512), "head_size not supported"),
         ((9, 0), dict(dtype=torch.float32), "dtype not supported"),
@@ -60,7 +66,7 @@ def test_both_half_precision_model_dtypes_are_accepted(select_flashmla, needs_ex
         ((7, 5), {}, "compute capability not supported"),
         ((10, 0), {}, "compute capability not supported"),
     ],
-    ids=["fp8-cache", "block16", "head512", "fp32", "sparse", "non-mla", "sm75", "sm100"],
+    ids=["fp8-e5m2-cache", "block16", "head512", "fp32", "sparse", "non-mla", "sm75", "sm100"],
 )
 def test_unsupported_combinations_get_vllms_error(select_flashmla, capability, layer_overrides, reason):
     with pytest.raises(ValueError, match="FLASHMLA is not valid for this configuration") as error:

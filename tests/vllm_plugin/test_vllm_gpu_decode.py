@@ -24,6 +24,8 @@ from flash_mla_backend.reference import mla_decode  # noqa: E402
 OUT_RELATIVE_TOLERANCE = 1e-2
 LSE_ABSOLUTE_TOLERANCE = 1e-3
 ROPE_DIM = HEAD_DIM_QK - HEAD_DIM_V
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
 QK_NOPE_DIM = 128  # DeepSeek's; vLLM slices q_pe out of the [tokens, heads, 128 + 64] query
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_extension")]
@@ -50,8 +52,10 @@ def random_queries(num_tokens, num_heads, generator, device):
     return ql_nope, projected.to(device=device, dtype=torch.bfloat16)[..., QK_NOPE_DIM:]
 
 
-def assert_matches_reference(out, lse, q, kv_cache, batch, num_real_reqs, query_len, scale):
-    """Compares the real requests' rows of forward_mqa's output with the float32 reference."""
+def assert_matches_reference(out, lse, q, kv_cache, batch, num_real_reqs, query_len, scale, descale_q=None,
+                             descale_k=None):
+    """Compares the real requests' rows of forward_mqa's output with the float32 reference (FP8
+    inputs dequantised with their scales)."""
     num_heads = q.shape[1]
     num_tokens = num_real_reqs * query_len
     ref_out, ref_lse = mla_decode(
@@ -62,6 +66,8 @@ def assert_matches_reference(out, lse, q, kv_cache, batch, num_real_reqs, query_
         HEAD_DIM_V,
         scale,
         causal=True,
+        descale_q=descale_q,
+        descale_k=descale_k,
     )
     ref_out = ref_out.reshape(num_tokens, num_heads, HEAD_DIM_V)
     assert out.dtype == torch.bfloat16 and out.shape[1:] == (num_heads, HEAD_DIM_V)
@@ -94,6 +100,37 @@ def test_forward_mqa_matches_reference(make_mla_setup, make_batch, case_seed, nu
     assert out.shape == (batch.num_actual_tokens, num_heads, HEAD_DIM_V)
     full_q = torch.cat((ql_nope, q_pe), dim=-1)
     assert_matches_reference(out, lse, full_q, kv_cache, batch, len(seq_lens), query_len, setup.layer.scale)
+
+
+@pytest.mark.parametrize("query_form", ["bf16-tuple", "fp8-concatenated"])
+def test_forward_mqa_with_fp8_cache(make_mla_setup, make_batch, case_seed, query_form):
+    """--kv-cache-dtype fp8: the cache is e4m3 scaled by layer._k_scale; our impl asks vLLM for
+    model-dtype queries, and also takes e4m3 ones scaled by layer._q_scale. The kernels convert
+    e4m3 exactly, so the bf16 tolerances above hold against the dequantising reference."""
+    generator = torch.Generator().manual_seed(case_seed)
+    setup = make_mla_setup(num_heads=16, device="cuda", cache_dtype="fp8")
+    impl = setup.make_impl()
+    assert impl.supports_quant_query_input is False
+    impl.need_to_return_lse_for_decode = True
+    seq_lens = [1, 63, 64, 65, 1000, 3000]
+    batch, num_blocks = make_batch(seq_lens, [1] * len(seq_lens), "cuda", generator)
+    bf16_cache = torch.empty(num_blocks, PAGE_SIZE, HEAD_DIM_QK, dtype=torch.bfloat16, device="cuda")
+    write_kv_cache(bf16_cache, batch, len(seq_lens), generator)
+    layer = setup.layer
+    layer._k_scale.fill_(bf16_cache.nan_to_num(0.0).abs().max().item() / FP8_MAX)
+    kv_cache = (bf16_cache.float() / layer._k_scale).to(FP8)  # NaN stays NaN
+    q = torch.cat(random_queries(len(seq_lens), 16, generator, "cuda"), dim=-1)
+    if query_form == "fp8-concatenated":
+        layer._q_scale.fill_(q.abs().max().item() / FP8_MAX)
+        q = (q.float() / layer._q_scale).to(FP8)
+
+    metadata = setup.builder.build(0, batch)
+    out, lse = impl.forward_mqa(q if q.dtype == FP8 else (q[..., :HEAD_DIM_V], q[..., HEAD_DIM_V:]), kv_cache,
+                                metadata, layer)
+
+    assert_matches_reference(out, lse, q, kv_cache, batch, len(seq_lens), 1, layer.scale,
+                             descale_q=layer._q_scale.reshape(1) if q.dtype == FP8 else None,
+                             descale_k=layer._k_scale.reshape(1))
 
 
 def test_forward_mqa_returns_no_lse_unless_asked(make_mla_setup, make_batch, case_seed):

@@ -22,21 +22,27 @@ void launch(const DecodeParams& params, cudaStream_t stream) {
 
 // 64 query rows by 2 column halves (8 warps), and 16 rows by 4 column quarters (4 warps), whose
 // ~92 KB of shared memory also fits sm_86/sm_89.
-template <typename Element>
-using Rows64 = sm80::DecodeConfig<Element, 4, 2>;
-template <typename Element>
-using Rows16 = sm80::DecodeConfig<Element, 1, 4>;
+template <typename Element, bool kFp8Q, bool kFp8Cache>
+using Rows64 = sm80::DecodeConfig<Element, 4, 2, kFp8Q, kFp8Cache>;
+template <typename Element, bool kFp8Q, bool kFp8Cache>
+using Rows16 = sm80::DecodeConfig<Element, 1, 4, kFp8Q, kFp8Cache>;
 
-template <template <typename> class Cfg>
+template <template <typename, bool, bool> class Cfg>
 constexpr DecodeKernel make_kernel(const char* name) {
-  return {name, Cfg<__nv_bfloat16>::kBlockM, Cfg<__nv_bfloat16>::kSmemBytes, 8, 0, /*arch_specific=*/false,
-          &launch<Cfg<__nv_bfloat16>>, &launch<Cfg<__half>>};
+  using Bf16 = Cfg<__nv_bfloat16, false, false>;
+  DecodeKernel kernel{name, Bf16::kBlockM, Bf16::kSmemBytes, 8, 0, /*arch_specific=*/false, {}};
+  kernel.launchers[int(DecodeInputs::kBf16)] = &launch<Bf16>;
+  kernel.launchers[int(DecodeInputs::kFp16)] = &launch<Cfg<__half, false, false>>;
+  kernel.launchers[int(DecodeInputs::kBf16QFp8Cache)] = &launch<Cfg<__nv_bfloat16, false, true>>;
+  kernel.launchers[int(DecodeInputs::kFp16QFp8Cache)] = &launch<Cfg<__half, false, true>>;
+  kernel.launchers[int(DecodeInputs::kFp8QFp8Cache)] = &launch<Cfg<__nv_bfloat16, true, true>>;
+  return kernel;
 }
 
 const DecodeKernel kKernels[] = {
     make_kernel<Rows64>("sm80_m64"),
     make_kernel<Rows16>("sm80_m16"),
-    {nullptr, 0, 0, 0, 0, false, nullptr, nullptr},
+    {nullptr, 0, 0, 0, 0, false, {}},
 };
 
 }  // namespace

@@ -8,25 +8,35 @@
 // computes the scores of its own slice of the 32 keys; the row maxima and sums are exchanged
 // through shared memory and the probabilities written there, so that for P.V each warp owns
 // 512 / kColSplits value columns of the output for all 32 keys.
+//
+// FP8 inputs are converted to Element on their way into shared memory (exactly: see
+// common/fp8_e4m3.h), so the math is the 16-bit kernel's; the dequantisation scales are folded
+// into the score scale and the output. An FP8 cache block lands in a byte staging buffer by
+// cp.async and is converted into the single Element key buffer before it is used; the two
+// staging buffers take the place of the second key buffer.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
 #include <climits>
+#include <type_traits>
 
 #include "common/decode_params.h"
+#include "common/fp8_e4m3.h"
 #include "common/ptx_sm80.cuh"
 #include "common/row_output.cuh"
 
 namespace flash_mla_backend {
 namespace sm80 {
 
-template <typename Element_, int kRowGroups_, int kColSplits_>
+template <typename Element_, int kRowGroups_, int kColSplits_, bool kFp8Q_ = false, bool kFp8Cache_ = false>
 struct DecodeConfig {
   using Element = Element_;
   static constexpr int kRowGroups = kRowGroups_;
   static constexpr int kColSplits = kColSplits_;
+  static constexpr bool kFp8Q = kFp8Q_;
+  static constexpr bool kFp8Cache = kFp8Cache_;
   static constexpr int kBlockM = 16 * kRowGroups;
   static constexpr int kBlockN = 32;  // keys per pipeline step
   static constexpr int kThreads = 32 * kRowGroups * kColSplits;
@@ -39,12 +49,16 @@ struct DecodeConfig {
 
   static constexpr int kQElems = kBlockM * kHeadDimQK;
   static constexpr int kKElems = kBlockN * kHeadDimQK;
+  static constexpr int kFp8BlockBytes = kBlockN * kHeadDimQK;  // one FP8 cache block, staged
+  static constexpr int kFp8ChunksPerRow = kHeadDimQK / 16;      // 16-byte chunks of an FP8 row
   static constexpr int kProbElems = kBlockM * kProbStride;
   static constexpr int kSmemBytes =
       (kQElems + 2 * kKElems + kProbElems) * int(sizeof(Element)) + 2 * kColSplits * kBlockM * int(sizeof(float));
 
   static_assert(kScoreTiles >= 1 && kKeysPerWarp % 8 == 0, "each warp scores a multiple of 8 keys");
   static_assert(kValueTiles % 2 == 0, "value tiles are loaded in pairs");
+  static_assert(2 * kFp8BlockBytes <= kKElems * int(sizeof(Element)), "FP8 staging fits the second key buffer");
+  static_assert(kFp8Cache || !kFp8Q, "an FP8 q comes with an FP8 cache");
 };
 
 // Element offset of 16-byte chunk `chunk` of row `row` in a 576-wide tile. XOR-ing the chunk
@@ -66,6 +80,7 @@ class DecodeCta {
         s_prob_(s_k_ + 2 * Cfg::kKElems),
         s_row_max_(reinterpret_cast<float*>(s_prob_ + Cfg::kProbElems)),
         s_row_sum_(s_row_max_ + Cfg::kColSplits * Cfg::kBlockM),
+        score_scale_log2_(score_scale_log2(p)),
         m_block_(blockIdx.x),
         kv_head_(blockIdx.y),
         warp_(threadIdx.x / 32),
@@ -119,7 +134,13 @@ class DecodeCta {
           cp_async_wait<0>();
         }
         __syncthreads();
-        attend_block(seqlen, key_begin + block * Cfg::kBlockN, key_end, block & 1, acc, row_max, row_sum);
+        int key_buffer = block & 1;
+        if constexpr (Cfg::kFp8Cache) {
+          convert_staged_keys(block & 1);
+          key_buffer = 0;
+          __syncthreads();
+        }
+        attend_block(seqlen, key_begin + block * Cfg::kBlockN, key_end, key_buffer, acc, row_max, row_sum);
         __syncthreads();  // the next step overwrites this key buffer, the probabilities and the row statistics
       }
     }
@@ -127,36 +148,91 @@ class DecodeCta {
   }
 
   __device__ void load_q(int req) {
-    const Element* q = static_cast<const Element*>(p_.q) + req * p_.q_batch_stride;
-    for (int idx = threadIdx.x; idx < Cfg::kBlockM * Cfg::kChunksPerRow; idx += Cfg::kThreads) {
-      const int row = idx / Cfg::kChunksPerRow, chunk = idx % Cfg::kChunksPerRow;
-      const int q_row = m_block_ * Cfg::kBlockM + row;
-      const bool valid = q_row < p_.rows_per_kv_head;
-      const Element* src = q;
-      if (valid) {
-        const QueryRow qr(p_, kv_head_, q_row);
-        src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * 8;
+    if constexpr (Cfg::kFp8Q) {
+      load_fp8_q(req);
+    } else {
+      const Element* q = static_cast<const Element*>(p_.q) + req * p_.q_batch_stride;
+      for (int idx = threadIdx.x; idx < Cfg::kBlockM * Cfg::kChunksPerRow; idx += Cfg::kThreads) {
+        const int row = idx / Cfg::kChunksPerRow, chunk = idx % Cfg::kChunksPerRow;
+        const int q_row = m_block_ * Cfg::kBlockM + row;
+        const bool valid = q_row < p_.rows_per_kv_head;
+        const Element* src = q;
+        if (valid) {
+          const QueryRow qr(p_, kv_head_, q_row);
+          src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * 8;
+        }
+        cp_async_16(smem_address(s_q_ + swizzled_offset(row, chunk)), src, valid);
       }
-      cp_async_16(smem_address(s_q_ + swizzled_offset(row, chunk)), src, valid);
     }
   }
 
+  // Synchronous: each thread converts the 16 FP8 values it loads into two Element chunks (the
+  // loop's first __syncthreads publishes them). Rows past the tile are zero.
+  __device__ void load_fp8_q(int req) {
+    const uint8_t* q = static_cast<const uint8_t*>(p_.q) + req * p_.q_batch_stride;
+    for (int idx = threadIdx.x; idx < Cfg::kBlockM * Cfg::kFp8ChunksPerRow; idx += Cfg::kThreads) {
+      const int row = idx / Cfg::kFp8ChunksPerRow, chunk = idx % Cfg::kFp8ChunksPerRow;
+      const int q_row = m_block_ * Cfg::kBlockM + row;
+      uint32_t raw[4] = {0u, 0u, 0u, 0u};
+      if (q_row < p_.rows_per_kv_head) {
+        const QueryRow qr(p_, kv_head_, q_row);
+        const uint4 v = *reinterpret_cast<const uint4*>(q + qr.token * p_.q_seq_stride +
+                                                        qr.head * p_.q_head_stride + chunk * 16);
+        raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
+      }
+      store_converted(s_q_, row, chunk, raw);
+    }
+  }
+
+  // 16 FP8 values of row `row`, bytes [16 chunk, 16 chunk + 16), as Element chunks 2 chunk and
+  // 2 chunk + 1 of a swizzled 576-wide tile.
+  __device__ static void store_converted(Element* tile, int row, int chunk, const uint32_t (&raw)[4]) {
+    uint32_t converted[8];
+    convert_e4m3x16<Element>(raw, converted);
+    *reinterpret_cast<uint4*>(tile + swizzled_offset(row, 2 * chunk)) =
+        make_uint4(converted[0], converted[1], converted[2], converted[3]);
+    *reinterpret_cast<uint4*>(tile + swizzled_offset(row, 2 * chunk + 1)) =
+        make_uint4(converted[4], converted[5], converted[6], converted[7]);
+  }
+
+  // Starts the copy of keys [first_key, first_key + kBlockN) into key buffer `buffer` (for an
+  // FP8 cache: staging buffer `buffer`); keys at or past key_end become zeros.
   __device__ void load_keys(int req, int first_key, int key_end, int buffer) {
-    const Element* k_cache = static_cast<const Element*>(p_.k_cache);
+    using Stored = std::conditional_t<Cfg::kFp8Cache, uint8_t, Element>;
+    constexpr int kStoredPerChunk = 16 / int(sizeof(Stored));
+    constexpr int kChunks = kHeadDimQK / kStoredPerChunk;
+    const Stored* k_cache = static_cast<const Stored*>(p_.k_cache);
     const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
-    Element* dst = s_k_ + buffer * Cfg::kKElems;
-    for (int idx = threadIdx.x; idx < Cfg::kBlockN * Cfg::kChunksPerRow; idx += Cfg::kThreads) {
-      const int row = idx / Cfg::kChunksPerRow, chunk = idx % Cfg::kChunksPerRow;
+    for (int idx = threadIdx.x; idx < Cfg::kBlockN * kChunks; idx += Cfg::kThreads) {
+      const int row = idx / kChunks, chunk = idx % kChunks;
       const int key = first_key + row;
       const bool valid = key < key_end;
-      const Element* src = k_cache;
+      const Stored* src = k_cache;
       if (valid) {
         const int64_t block = block_table[key / kPageSize];
         src += block * p_.k_block_stride + (key % kPageSize) * p_.k_token_stride + kv_head_ * p_.k_head_stride +
-               chunk * 8;
+               chunk * kStoredPerChunk;
       }
-      cp_async_16(smem_address(dst + swizzled_offset(row, chunk)), src, valid);
+      const uint32_t dst = Cfg::kFp8Cache
+                               ? smem_address(fp8_staging(buffer) + row * kHeadDimQK + chunk * 16)
+                               : smem_address(s_k_ + buffer * Cfg::kKElems + swizzled_offset(row, chunk));
+      cp_async_16(dst, src, valid);
     }
+  }
+
+  // The staged FP8 block (row-major bytes) into key buffer 0; zero bytes stay zeros.
+  __device__ void convert_staged_keys(int buffer) const {
+    const uint8_t* staged = fp8_staging(buffer);
+    for (int idx = threadIdx.x; idx < Cfg::kBlockN * Cfg::kFp8ChunksPerRow; idx += Cfg::kThreads) {
+      const int row = idx / Cfg::kFp8ChunksPerRow, chunk = idx % Cfg::kFp8ChunksPerRow;
+      const uint4 v = *reinterpret_cast<const uint4*>(staged + row * kHeadDimQK + chunk * 16);
+      const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
+      store_converted(s_k_, row, chunk, raw);
+    }
+  }
+
+  __device__ uint8_t* fp8_staging(int buffer) const {
+    return reinterpret_cast<uint8_t*>(s_k_ + Cfg::kKElems) + buffer * Cfg::kFp8BlockBytes;
   }
 
   __device__ void attend_block(int seqlen, int first_key, int key_end, int buffer, float (&acc)[Cfg::kValueTiles][4],
@@ -175,7 +251,7 @@ class DecodeCta {
         const int q_row = m_block_ * Cfg::kBlockM + row_in_tile(e / 2);
         bool visible = key < key_end;
         if (p_.causal) visible = visible && key <= seqlen - p_.s_q + q_row / p_.heads_per_kv;
-        scores[n][e] = visible ? scores[n][e] * p_.scale_log2 : -CUDART_INF_F;
+        scores[n][e] = visible ? scores[n][e] * score_scale_log2_ : -CUDART_INF_F;
         block_max[e / 2] = fmaxf(block_max[e / 2], scores[n][e]);
       }
     }
@@ -312,6 +388,7 @@ class DecodeCta {
   Element* const s_prob_;
   float* const s_row_max_;
   float* const s_row_sum_;
+  const float score_scale_log2_;
   const int m_block_, kv_head_, warp_, lane_, row_group_, col_split_;
 };
 

@@ -581,8 +581,10 @@ void launch(const DecodeParams& params, cudaStream_t stream) {
 }
 
 const DecodeKernel kKernels[] = {
-    {"sm90", sm90::kBlockM, sm90::Smem::kBytes, 9, 0, /*arch_specific=*/true, &launch<__nv_bfloat16>, &launch<__half>},
-    {nullptr, 0, 0, 0, 0, false, nullptr, nullptr},
+    // 16-bit inputs only: the planner sends FP8 caches to the portable kernels.
+    {"sm90", sm90::kBlockM, sm90::Smem::kBytes, 9, 0, /*arch_specific=*/true,
+     {&launch<__nv_bfloat16>, &launch<__half>}},
+    {nullptr, 0, 0, 0, 0, false, {}},
 };
 
 }  // namespace
