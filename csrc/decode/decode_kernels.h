@@ -27,8 +27,10 @@ struct DecodeKernel {
 
 // Contract of every decode kernel, for each scheduler part (see SchedulerPart) and each
 // (request, kv head, query row) it covers over the part's page range:
-//  - keys at or past cache_seqlens[req] and causally hidden keys do not contribute (their cache
-//    rows may hold NaN);
+//  - keys at or past cache_seqlens[req] do not contribute, whatever their cache rows hold (NaN
+//    included); causally hidden keys (inside the length, a later query token's) get probability 0
+//    but are real cache rows, read like the visible ones (as the reference does: a NaN there
+//    reaches the output in both);
 //  - a request with a single split writes `out` (normalised) and `lse` (natural log, +inf when
 //    no key is visible) directly; a split request writes its normalised partial output to
 //    out_accum and its log2 LSE (-inf when no key is visible) to lse_accum at its split row,
