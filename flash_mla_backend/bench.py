@@ -159,9 +159,9 @@ def main(argv=None):
             r = bench_config(kernel, kv_cache, *config)
             results.append(r)
             speedup = f"{r.flashmla_us / r.us:.2f}x" if r.flashmla_us else "-"
-            print(f"| {r.kernel} | {r.kv_cache} | {r.b} | {r.s_q} | {r.s_k} | {r.h_q} | {'T' if r.varlen else 'F'} | "
-                  f"{'T' if r.causal else 'F'} | {r.us:.1f} | {r.tflops:.0f} | {r.gbps:.0f} | "
-                  f"{r.flashmla_us or '-'} | {speedup} |", flush=True)
+            print(f"| {r.kernel} | {r.kv_cache} | {r.b} | {r.s_q} | {r.s_k} | {r.h_q} | "
+                  f"{'T' if r.varlen else 'F'} | {'T' if r.causal else 'F'} | {r.us:.1f} | {r.tflops:.0f} | "
+                  f"{r.gbps:.0f} | {r.flashmla_us or '-'} | {speedup} |", flush=True)
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

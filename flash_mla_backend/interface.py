@@ -166,8 +166,9 @@ def flash_mla_with_kvcache(
     q then is bf16/fp16, or float8_e4m3fn with descale_q likewise. is_fp8_kvcache, when given,
     must agree with k_cache's dtype.
     Returns (out [b, s_q, h_q, 512] in q's dtype (bf16 for an FP8 q), softmax_lse float32
-    [b, h_q, s_q] in natural log, or None when return_softmax_lse is False). Causal with s_q > 1: query row i of request b sees
-    cache positions 0 .. cache_seqlens[b] - s_q + i. A query row that sees nothing gets 0 and +inf.
+    [b, h_q, s_q] in natural log, or None when return_softmax_lse is False). Causal with s_q > 1:
+    query row i of request b sees cache positions 0 .. cache_seqlens[b] - s_q + i. A query row that
+    sees nothing gets 0 and +inf.
     A request whose cache_seqlens exceeds block_table's capacity gets NaN (it cannot be checked
     without a host synchronisation).
     """

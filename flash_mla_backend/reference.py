@@ -28,7 +28,7 @@ def mla_decode(q, k_cache, block_table, cache_seqlens, head_dim_v=HEAD_DIM_V, so
     h_kv = k_cache.shape[2]
     if softmax_scale is None:
         softmax_scale = d ** -0.5
-    q = _dequantised(q, descale_q, "descale_q")
+    q = q.float() * _scale_of(q, descale_q, "descale_q")
     k_cache_scale = _scale_of(k_cache, descale_k, "descale_k")
     out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse = torch.full((b, h_q, s_q), math.inf, dtype=torch.float32, device=q.device)
@@ -61,10 +61,6 @@ def _scale_of(t, descale, name):
     if (t.dtype == torch.float8_e4m3fn) != (descale is not None):
         raise ValueError(f"{name} must be given exactly for a float8_e4m3fn input; the input is {t.dtype}")
     return 1.0 if descale is None else descale.float().reshape(()).item()
-
-
-def _dequantised(t, descale, name):
-    return t.float() * _scale_of(t, descale, name)
 
 
 def mla_metadata(cache_seqlens, num_sm_parts):
