@@ -69,15 +69,19 @@ def test_get_mla_metadata_on_cpu_uses_reference():
     assert torch.equal(md, want_md) and torch.equal(splits, want_splits)
 
 
-def test_get_mla_metadata_on_cpu_checks_given_buffers():
-    seqlens = torch.tensor([300, 0, 77], dtype=torch.int32)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_get_mla_metadata_writes_into_given_buffers(device):
+    # On the CPU the reference scheduler fills them; on the GPU the scheduler kernel does.
+    seqlens = torch.tensor([300, 0, 77], dtype=torch.int32, device=device)
     md, splits = fmb.get_mla_metadata(seqlens, 128, 1)
     buffers = (torch.full_like(md, -7), torch.full_like(splits, -7))
     result = fmb.get_mla_metadata(seqlens, 128, 1, out=buffers)
     assert result[0] is buffers[0] and result[1] is buffers[1]
     assert torch.equal(buffers[0], md) and torch.equal(buffers[1], splits)
     with pytest.raises(ValueError, match=r"out\[0\] \(tile_scheduler_metadata\) must have shape"):
-        fmb.get_mla_metadata(seqlens, 128, 1, out=(torch.zeros(1, 8, dtype=torch.int32), buffers[1]))
+        fmb.get_mla_metadata(seqlens, 128, 1, out=(torch.zeros(1, 8, dtype=torch.int32, device=device), buffers[1]))
+    with pytest.raises(ValueError, match=r"out\[1\] \(num_splits\) must have shape \(4,\)"):
+        fmb.get_mla_metadata(seqlens, 128, 1, out=(buffers[0], torch.empty(9, dtype=torch.int32, device=device)))
 
 
 @pytest.mark.parametrize(
@@ -109,15 +113,3 @@ def test_gpu_scheduler_matches_reference(batch, rows, num_heads_k, case_seed):
     want_md, want_splits = reference.mla_metadata(seqlens, md.shape[0])
     assert torch.equal(md.cpu(), want_md) and torch.equal(splits.cpu(), want_splits)
     check_schedule(md.cpu(), splits.cpu(), seqlens, md.shape[0])
-
-
-@pytest.mark.gpu
-def test_gpu_scheduler_writes_into_given_buffers():
-    seqlens = torch.tensor([300, 0, 77], dtype=torch.int32, device="cuda")
-    md, splits = fmb.get_mla_metadata(seqlens, 128, 1)
-    buffers = (torch.full_like(md, -7), torch.full_like(splits, -7))
-    result = fmb.get_mla_metadata(seqlens, 128, 1, out=buffers)
-    assert result[0] is buffers[0] and result[1] is buffers[1]
-    assert torch.equal(buffers[0], md) and torch.equal(buffers[1], splits)
-    with pytest.raises(ValueError, match=r"out\[1\] \(num_splits\) must have shape \(4,\)"):
-        fmb.get_mla_metadata(seqlens, 128, 1, out=(buffers[0], torch.empty(9, dtype=torch.int32, device="cuda")))

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import flash_mla_backend as fmb
-
-FP8 = torch.float8_e4m3fn
+from mla_inputs import FP8
 
 
 def valid_args(batch=2, s_q=1, h_q=16, h_kv=1, device="cpu", dtype=torch.bfloat16):

@@ -20,12 +20,11 @@ import torch  # noqa: E402
 
 from flash_mla_backend.interface import HEAD_DIM_QK, HEAD_DIM_V, PAGE_SIZE  # noqa: E402
 from flash_mla_backend.reference import mla_decode  # noqa: E402
+from mla_inputs import FP8, quantize_fp8  # noqa: E402
 
 OUT_RELATIVE_TOLERANCE = 1e-2
 LSE_ABSOLUTE_TOLERANCE = 1e-3
 ROPE_DIM = HEAD_DIM_QK - HEAD_DIM_V
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
 QK_NOPE_DIM = 128  # DeepSeek's; vLLM slices q_pe out of the [tokens, heads, 128 + 64] query
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_extension")]
@@ -117,12 +116,12 @@ def test_forward_mqa_with_fp8_cache(make_mla_setup, make_batch, case_seed, query
     bf16_cache = torch.empty(num_blocks, PAGE_SIZE, HEAD_DIM_QK, dtype=torch.bfloat16, device="cuda")
     write_kv_cache(bf16_cache, batch, len(seq_lens), generator)
     layer = setup.layer
-    layer._k_scale.fill_(bf16_cache.nan_to_num(0.0).abs().max().item() / FP8_MAX)
-    kv_cache = (bf16_cache.float() / layer._k_scale).to(FP8)  # NaN stays NaN
+    kv_cache, k_scale = quantize_fp8(bf16_cache)  # NaN stays NaN
+    layer._k_scale.copy_(k_scale.reshape(()))
     q = torch.cat(random_queries(len(seq_lens), 16, generator, "cuda"), dim=-1)
     if query_form == "fp8-concatenated":
-        layer._q_scale.fill_(q.abs().max().item() / FP8_MAX)
-        q = (q.float() / layer._q_scale).to(FP8)
+        q, q_scale = quantize_fp8(q)
+        layer._q_scale.copy_(q_scale.reshape(()))
 
     metadata = setup.builder.build(0, batch)
     out, lse = impl.forward_mqa(q if q.dtype == FP8 else (q[..., :HEAD_DIM_V], q[..., HEAD_DIM_V:]), kv_cache,

@@ -173,12 +173,11 @@ class DecodeCta {
     for (int idx = threadIdx.x; idx < Cfg::kBlockM * Cfg::kFp8ChunksPerRow; idx += Cfg::kThreads) {
       const int row = idx / Cfg::kFp8ChunksPerRow, chunk = idx % Cfg::kFp8ChunksPerRow;
       const int q_row = m_block_ * Cfg::kBlockM + row;
-      uint32_t raw[4] = {0u, 0u, 0u, 0u};
+      uint4 raw = make_uint4(0u, 0u, 0u, 0u);
       if (q_row < p_.rows_per_kv_head) {
         const QueryRow qr(p_, kv_head_, q_row);
-        const uint4 v = *reinterpret_cast<const uint4*>(q + qr.token * p_.q_seq_stride +
-                                                        qr.head * p_.q_head_stride + chunk * 16);
-        raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
+        raw = *reinterpret_cast<const uint4*>(q + qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride +
+                                              chunk * 16);
       }
       store_converted(s_q_, row, chunk, raw);
     }
@@ -186,9 +185,10 @@ class DecodeCta {
 
   // 16 FP8 values of row `row`, bytes [16 chunk, 16 chunk + 16), as Element chunks 2 chunk and
   // 2 chunk + 1 of a swizzled 576-wide tile.
-  __device__ static void store_converted(Element* tile, int row, int chunk, const uint32_t (&raw)[4]) {
+  __device__ static void store_converted(Element* tile, int row, int chunk, uint4 raw) {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
     uint32_t converted[8];
-    convert_e4m3x16<Element>(raw, converted);
+    convert_e4m3x16<Element>(words, converted);
     *reinterpret_cast<uint4*>(tile + swizzled_offset(row, 2 * chunk)) =
         make_uint4(converted[0], converted[1], converted[2], converted[3]);
     *reinterpret_cast<uint4*>(tile + swizzled_offset(row, 2 * chunk + 1)) =
@@ -225,9 +225,7 @@ class DecodeCta {
     const uint8_t* staged = fp8_staging(buffer);
     for (int idx = threadIdx.x; idx < Cfg::kBlockN * Cfg::kFp8ChunksPerRow; idx += Cfg::kThreads) {
       const int row = idx / Cfg::kFp8ChunksPerRow, chunk = idx % Cfg::kFp8ChunksPerRow;
-      const uint4 v = *reinterpret_cast<const uint4*>(staged + row * kHeadDimQK + chunk * 16);
-      const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
-      store_converted(s_k_, row, chunk, raw);
+      store_converted(s_k_, row, chunk, *reinterpret_cast<const uint4*>(staged + row * kHeadDimQK + chunk * 16));
     }
   }
 
