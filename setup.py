@@ -15,6 +15,17 @@ SKIP_ENV = "FLASH_MLA_BACKEND_SKIP_CUDA_BUILD"
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _load_env_module():
+    # The package's own reader of boolean variables, loaded by path: the package itself imports torch.
+    spec = importlib.util.spec_from_file_location("_flash_mla_env", os.path.join(ROOT, "flash_mla_backend", "_env.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+env_flag = _load_env_module().env_flag
+
+
 def _cutlass_include():
     # CuTe/CUTLASS headers come from the pinned nvidia-cutlass wheel (a build requirement).
     # Located without importing it: the package's own imports need numpy, scipy and more.
@@ -45,7 +56,7 @@ def _extension():
         "-gencode=arch=compute_80,code=compute_80",
         "-gencode=arch=compute_90a,code=sm_90a",
     ]
-    if os.environ.get("FLASH_MLA_BACKEND_PTXAS_VERBOSE") == "1":
+    if env_flag("FLASH_MLA_BACKEND_PTXAS_VERBOSE"):
         nvcc_flags.append("-Xptxas=-v")
     ext = CUDAExtension(
         name="flash_mla_backend._C",
@@ -56,7 +67,7 @@ def _extension():
     return [ext], {"build_ext": BuildExtension}
 
 
-if os.environ.get(SKIP_ENV) == "1":
+if env_flag(SKIP_ENV):
     print(f"flash-mla-backend: {SKIP_ENV}=1, building without the CUDA kernels; they will raise at first use")
     ext_modules, cmdclass = [], {}
 else:

@@ -5,9 +5,11 @@ from flash_mla_backend.interface import (
     KV_CACHE_DTYPES,
     SUPPORTED_DTYPES,
     ExtensionNotBuiltError,
+    UnsupportedDeviceError,
     check_extension,
     flash_mla_with_kvcache,
     get_mla_metadata,
+    mla_decode_workspace_numel,
     mla_metadata_num_parts,
 )
 
@@ -18,9 +20,11 @@ __all__ = [
     "KV_CACHE_DTYPES",
     "SUPPORTED_DTYPES",
     "ExtensionNotBuiltError",
+    "UnsupportedDeviceError",
     "__version__",
     "check_extension",
     "flash_mla_with_kvcache",
     "get_mla_metadata",
+    "mla_decode_workspace_numel",
     "mla_metadata_num_parts",
 ]

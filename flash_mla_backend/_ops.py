@@ -5,9 +5,9 @@ registration code) can be imported on machines where it was not built; the first
 needs a kernel then raises `ExtensionNotBuiltError` with the reason.
 """
 
-import os
-
 import torch
+
+from flash_mla_backend._env import env_flag
 
 SKIP_BUILD_ENV = "FLASH_MLA_BACKEND_SKIP_CUDA_BUILD"
 
@@ -32,7 +32,7 @@ def ops():
     if _load_error is not None:
         hint = (
             f"it was skipped at install time ({SKIP_BUILD_ENV}=1)"
-            if os.environ.get(SKIP_BUILD_ENV) == "1"
+            if env_flag(SKIP_BUILD_ENV)
             else f"import failed: {_load_error}"
         )
         raise ExtensionNotBuiltError(

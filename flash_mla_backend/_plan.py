@@ -68,8 +68,11 @@ def _fits(kernel: str, dev: dict, fp8_cache: bool = False) -> bool:
 
 
 def _choose_kernel(rows_per_kv_head: int, dev: dict, fp8_cache: bool = False) -> str:
-    forced = os.environ.get(KERNEL_ENV)
+    forced = os.environ.get(KERNEL_ENV, "").strip()
     if forced:
+        kernels = ops().decode_kernels()
+        if forced not in kernels:
+            raise ValueError(f"{KERNEL_ENV}={forced!r} names no decode kernel; valid names: {', '.join(kernels)}")
         if not _fits(forced, dev, fp8_cache):
             raise UnsupportedDeviceError(
                 f"{KERNEL_ENV}={forced!r} cannot run on this device "

@@ -10,7 +10,7 @@ import torch
 
 from flash_mla_backend import reference
 from flash_mla_backend._ops import ExtensionNotBuiltError, ops
-from flash_mla_backend._plan import plan_decode
+from flash_mla_backend._plan import UnsupportedDeviceError, plan_decode  # noqa: F401  (re-exported)
 
 PAGE_SIZE = reference.PAGE_SIZE
 HEAD_DIM_QK = reference.HEAD_DIM_QK
@@ -27,7 +27,8 @@ def _describe(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
-def _check_tensor(name, t, *, dtypes, ndim, device=None):
+def _check_tensor(name, t, *, dtypes, ndim, device=None, device_of="q"):
+    """device: where `device_of` (the argument named so) is, and so where `name` must be too."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
@@ -35,7 +36,8 @@ def _check_tensor(name, t, *, dtypes, ndim, device=None):
     if t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions; got {_describe(t)}")
     if device is not None and t.device != device:
-        raise ValueError(f"{name} must be on {device} like the other inputs; got {_describe(t)}")
+        raise ValueError(f"{name} is on {t.device} but {device_of} is on {device}: all inputs must be on one device; "
+                         f"got {name} with {_describe(t)}")
 
 
 def _check_shape(name, t, expected):
@@ -67,7 +69,7 @@ def _check_descale(name, descale, needed, input_name, device):
         got = _describe(descale) if isinstance(descale, torch.Tensor) else type(descale).__name__
         raise ValueError(f"{name} must be {expected}; got {got}")
     if descale.device != device:
-        raise ValueError(f"{name} must be on {device} like the other inputs; got {_describe(descale)}")
+        raise ValueError(f"{name} is on {descale.device} but q is on {device}: all inputs must be on one device")
 
 
 def check_extension() -> None:
@@ -81,6 +83,23 @@ def mla_metadata_num_parts(num_q_tokens_per_head_k: int, num_heads_k: int, devic
     (sizes persistent CUDA-graph buffers)."""
     plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, torch.device(device), bool(is_fp8_kvcache))
     return plan.num_sm_parts
+
+
+def mla_decode_workspace_numel(num_q_tokens_per_head_k: int, num_heads_k: int, device,
+                               is_fp8_kvcache: bool = False) -> int:
+    """float32 elements of the `workspace` that `flash_mla_with_kvcache` needs for these
+    arguments: the split partial outputs and LSEs (fixed by the device and the shape, whatever
+    the batch: at most ~35 MB per CTA an SM holds)."""
+    plan = plan_decode(num_q_tokens_per_head_k, num_heads_k, torch.device(device), bool(is_fp8_kvcache))
+    return _workspace_numel(plan, num_heads_k, num_q_tokens_per_head_k)
+
+
+def _workspace_numel(plan, num_heads_k, rows_per_kv_head):
+    # Split partial rows (csrc/common/decode_params.h, num_accum_rows): every split beyond a
+    # request's first starts at one of the num_sm_parts - 1 part boundaries, so at most
+    # 2 (num_sm_parts - 1) pieces belong to split requests, whatever the batch.
+    accum_rows = 2 * plan.num_sm_parts if plan.num_sm_parts > 1 else 0
+    return accum_rows * num_heads_k * rows_per_kv_head * (HEAD_DIM_V + 1)
 
 
 def get_mla_metadata(
@@ -121,10 +140,11 @@ def get_mla_metadata(
     else:
         tile_scheduler_metadata, num_splits = out
         _check_tensor("out[0] (tile_scheduler_metadata)", tile_scheduler_metadata, dtypes=(torch.int32,), ndim=2,
-                      device=cache_seqlens.device)
+                      device=cache_seqlens.device, device_of="cache_seqlens")
         _check_shape("out[0] (tile_scheduler_metadata)", tile_scheduler_metadata,
                      (plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE))
-        _check_tensor("out[1] (num_splits)", num_splits, dtypes=(torch.int32,), ndim=1, device=cache_seqlens.device)
+        _check_tensor("out[1] (num_splits)", num_splits, dtypes=(torch.int32,), ndim=1, device=cache_seqlens.device,
+                      device_of="cache_seqlens")
         _check_shape("out[1] (num_splits)", num_splits, (batch + 1,))
         for name, t in (("out[0]", tile_scheduler_metadata), ("out[1]", num_splits)):
             if not t.is_contiguous():
@@ -148,32 +168,51 @@ def flash_mla_with_kvcache(
     num_splits: torch.Tensor,
     softmax_scale: Optional[float] = None,
     causal: bool = False,
+    is_fp8_kvcache: Optional[bool] = None,
+    indices: Optional[torch.Tensor] = None,
+    *,
     return_softmax_lse: bool = True,
     out: Optional[torch.Tensor] = None,
-    *,
-    is_fp8_kvcache: Optional[bool] = None,
     descale_q: Optional[torch.Tensor] = None,
     descale_k: Optional[torch.Tensor] = None,
+    workspace: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """MLA decode attention over a paged KV cache.
+    """MLA decode attention over a paged KV cache; FlashMLA's explicit-metadata signature
+    (positionally up to `indices`; everything after it is keyword-only).
 
     q: [b, s_q, h_q, 576] bf16/fp16. k_cache: [num_blocks, 64, h_kv, 576], same dtype; V is its
     first `head_dim_v` (= 512) columns. block_table: int32 [b, max_pages]. cache_seqlens: int32 [b].
     tile_scheduler_metadata, num_splits: from `get_mla_metadata` for the same cache_seqlens (with
-    is_fp8_kvcache=True for an FP8 cache).
+    is_fp8_kvcache=True for an FP8 cache). indices: sparse attention, not supported (None).
     FP8 cache: k_cache float8_e4m3fn with descale_k, a float32 tensor of one element (the real
     values are k_cache * descale_k; a tensor, so that a CUDA graph replays with its current value);
     q then is bf16/fp16, or float8_e4m3fn with descale_q likewise. is_fp8_kvcache, when given,
     must agree with k_cache's dtype.
+    workspace: float32, at least `mla_decode_workspace_numel(s_q * h_q // h_kv, h_kv, device,
+    is_fp8_kvcache)` elements, for the split partials; allocated per call when None. Pass a
+    persistent one to keep the allocation out of the step (a server sizes it before its KV cache);
+    calls that may run at the same time (other streams) need workspaces of their own.
     Returns (out [b, s_q, h_q, 512] in q's dtype (bf16 for an FP8 q), softmax_lse float32
     [b, h_q, s_q] in natural log, or None when return_softmax_lse is False). Causal with s_q > 1:
     query row i of request b sees cache positions 0 .. cache_seqlens[b] - s_q + i. A query row that
     sees nothing gets 0 and +inf.
-    A request whose cache_seqlens exceeds block_table's capacity gets NaN (it cannot be checked
-    without a host synchronisation).
+
+    Misuse that cannot be checked without a host synchronisation gives NaN (output and LSE) to
+    the requests it touches, never a plausible wrong answer nor a read outside the inputs, and
+    the other requests stay exact:
+    - cache_seqlens[i] beyond block_table's capacity, or negative: request i;
+    - a block id outside [0, num_blocks) among the pages request i reads (its first
+      ceil(cache_seqlens[i] / 64) entries): request i;
+    - a schedule made from other cache_seqlens: each metadata row carries a fingerprint of the
+      lengths of the requests it covers, checked on the device; every request held by a row whose
+      lengths changed gets NaN (the changed requests and the neighbours that share a row with
+      them). Detected rather than made harmless: recomputing the schedule in every decode would
+      add a kernel launch per layer, and a schedule reused across lengths is a caller bug.
     """
     _check_tensor("q", q, dtypes=KV_CACHE_DTYPES, ndim=4)
     device = q.device
+    if indices is not None:
+        raise ValueError("indices: sparse attention is not supported; pass indices=None")
     batch, s_q, h_q, head_dim = q.shape
     if head_dim != HEAD_DIM_QK:
         raise ValueError(f"q's last dimension must be {HEAD_DIM_QK} (512 latent + 64 rotary); got {_describe(q)}")
@@ -204,7 +243,8 @@ def flash_mla_with_kvcache(
     _check_tensor("cache_seqlens", cache_seqlens, dtypes=(torch.int32,), ndim=1, device=device)
     _check_shape("cache_seqlens", cache_seqlens, (batch,))
     _check_tensor("tile_scheduler_metadata", tile_scheduler_metadata, dtypes=(torch.int32,), ndim=2, device=device)
-    plan = plan_decode(s_q * h_q // h_kv, h_kv, device, fp8_cache)
+    rows_per_kv_head = s_q * h_q // h_kv
+    plan = plan_decode(rows_per_kv_head, h_kv, device, fp8_cache)
     _check_shape("tile_scheduler_metadata", tile_scheduler_metadata, (plan.num_sm_parts, TILE_SCHEDULER_METADATA_SIZE))
     _check_tensor("num_splits", num_splits, dtypes=(torch.int32,), ndim=1, device=device)
     _check_shape("num_splits", num_splits, (batch + 1,))
@@ -216,13 +256,28 @@ def flash_mla_with_kvcache(
         _check_tensor("out", out, dtypes=(out_dtype,), ndim=4, device=device)
         _check_shape("out", out, (batch, s_q, h_q, HEAD_DIM_V))
         _check_vector_loads("out", out)
+    workspace_numel = _workspace_numel(plan, h_kv, rows_per_kv_head)
+    if workspace is not None:
+        _check_workspace(workspace, workspace_numel, device)
     if device.type != "cuda":
         raise ValueError(f"q and the other inputs must be CUDA tensors; got {_describe(q)}")
+    if workspace is None:
+        workspace = torch.empty(workspace_numel, dtype=torch.float32, device=device)
     if out is None:
         out = torch.empty(batch, s_q, h_q, HEAD_DIM_V, dtype=out_dtype, device=device)
     lse = torch.empty(batch, h_q, s_q, dtype=torch.float32, device=device)
     ops().mla_decode(
         q, k_cache, block_table, cache_seqlens.contiguous(), tile_scheduler_metadata.contiguous(),
-        num_splits.contiguous(), float(softmax_scale), bool(causal), plan.kernel, out, lse, descale_q, descale_k,
+        num_splits.contiguous(), float(softmax_scale), bool(causal), plan.kernel, out, lse, workspace, descale_q,
+        descale_k,
     )
     return out, (lse if return_softmax_lse else None)
+
+
+def _check_workspace(workspace, numel, device):
+    if not isinstance(workspace, torch.Tensor):
+        raise TypeError(f"workspace must be a torch.Tensor, got {type(workspace).__name__}")
+    if (workspace.dtype != torch.float32 or workspace.device != device or not workspace.is_contiguous()
+            or workspace.numel() < numel or workspace.data_ptr() % 16):
+        raise ValueError(f"workspace must be a contiguous, 16-byte aligned float32 tensor on {device} of at least "
+                         f"{numel} elements (mla_decode_workspace_numel); got {_describe(workspace)}")

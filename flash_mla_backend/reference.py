@@ -71,8 +71,9 @@ def mla_metadata(cache_seqlens, num_sm_parts):
     request's fixed cost moves to the request's start, so every split holds at least one page.
 
     Returns (tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [b + 1]); row p is
-    (begin_req, end_req inclusive, begin_page, end_page exclusive, first_split_index, 0, 0, 0), and
-    a part with no work has begin_req > end_req.
+    (begin_req, end_req inclusive, begin_page, end_page exclusive, first_split_index,
+    length_fingerprint, 0, 0), and a part with no work has begin_req > end_req. The fingerprint
+    (`length_fingerprint`) lets the decode kernels detect lengths other than these.
     """
     seqlens = cache_seqlens.tolist()
     batch = len(seqlens)
@@ -108,10 +109,30 @@ def mla_metadata(cache_seqlens, num_sm_parts):
             end_req, end_page = end_pos_req - 1, pages[end_pos_req - 1]
         else:
             end_req, end_page = end_pos_req, end_pos_page
-        metadata.append([begin_req, end_req, begin_page, end_page, num_splits[begin_req] + ordinal, 0, 0, 0])
+        fingerprint = length_fingerprint(seqlens, begin_req, end_req)
+        metadata.append([begin_req, end_req, begin_page, end_page, num_splits[begin_req] + ordinal, fingerprint, 0, 0])
 
     device = cache_seqlens.device
     return (
         torch.tensor(metadata, dtype=torch.int32, device=device).reshape(num_sm_parts, TILE_SCHEDULER_METADATA_SIZE),
         torch.tensor(num_splits, dtype=torch.int32, device=device),
     )
+
+
+_UINT32 = 0xFFFFFFFF
+
+
+def length_fingerprint(seqlens, begin_req, end_req):
+    """A part's length fingerprint (csrc/common/decode_params.h): the uint32 sum, over requests
+    begin_req..end_req, of murmur3's finaliser of each length mixed with its request index; as
+    the int32 with those bits."""
+    total = 0
+    for req in range(begin_req, end_req + 1):
+        h = (seqlens[req] & _UINT32) ^ ((req * 0x9E3779B9) & _UINT32)
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & _UINT32
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & _UINT32
+        h ^= h >> 16
+        total = (total + h) & _UINT32
+    return total - (1 << 32) if total >= 1 << 31 else total

@@ -24,8 +24,9 @@ def test_ops_have_fake_implementations_for_tracing():
     block_table = torch.empty(4, 3, dtype=torch.int32, **meta)
     out = torch.empty(4, 1, 16, 512, dtype=torch.bfloat16, **meta)
     lse = torch.empty(4, 16, 1, dtype=torch.float32, **meta)
+    workspace = torch.empty(1024, dtype=torch.float32, **meta)
     assert torch.ops.flash_mla_backend.mla_decode(q, k_cache, block_table, seqlens, md, splits, 0.1, False, "sm80_m16",
-                                                  out, lse) is None
+                                                  out, lse, workspace) is None
 
 
 def test_missing_extension_raises_with_the_reason(monkeypatch):

@@ -39,7 +39,15 @@ def check_schedule(metadata, num_splits, seqlens, num_parts):
         for a, b in zip(mine, mine[1:]):
             assert a[2] == b[1] and a[1] < a[2]
         assert [p[3] for p in mine] == list(range(num_splits[req], num_splits[req + 1]))
-    assert num_splits[-1] <= len(seqlens) + num_parts, "split rows must fit the decode workspace"
+    # The partial rows of split requests (accum_row in csrc/common/decode_params.h) are distinct
+    # and fit the decode workspace, which holds 2 * num_parts of them (none for one part).
+    rows = [2 * (num_splits[req] + s - req) + (s > 0)
+            for req in range(len(seqlens)) if num_splits[req + 1] - num_splits[req] > 1
+            for s in range(num_splits[req + 1] - num_splits[req])]
+    assert len(set(rows)) == len(rows)
+    assert all(0 <= r < (2 * num_parts if num_parts > 1 else 0) for r in rows), "partials must fit the workspace"
+    for row in metadata.tolist():
+        assert row[5] == reference.length_fingerprint(seqlens, row[0], row[1]) and row[6:] == [0, 0]
 
 
 @pytest.mark.parametrize("num_parts", [1, 2, 7, 66, 132, 264])
@@ -50,6 +58,23 @@ def test_reference_schedule_covers_every_page_once(batch, num_parts, case_seed):
     seqlens[torch.randint(0, batch, (max(batch // 4, 1),), generator=g)] = 0
     metadata, num_splits = reference.mla_metadata(seqlens, num_parts)
     check_schedule(metadata, num_splits, seqlens, num_parts)
+
+
+def test_length_fingerprint_sees_every_change_of_a_parts_lengths(case_seed):
+    g = torch.Generator().manual_seed(case_seed)
+    seqlens = torch.randint(0, 5000, (40,), generator=g, dtype=torch.int32).tolist()
+    base = reference.length_fingerprint(seqlens, 3, 30)
+    for req in range(3, 31):
+        for delta in (1, -1, 64, 1 << 20):
+            changed = list(seqlens)
+            changed[req] += delta
+            assert reference.length_fingerprint(changed, 3, 30) != base
+    # The same lengths moved between requests.
+    seqlens[5], seqlens[9] = 100, 200
+    swapped = list(seqlens)
+    swapped[5], swapped[9] = 200, 100
+    assert reference.length_fingerprint(swapped, 3, 30) != reference.length_fingerprint(seqlens, 3, 30)
+    assert reference.length_fingerprint(seqlens, 0, -1) == 0  # a part with no work
 
 
 def test_schedule_balances_long_requests():

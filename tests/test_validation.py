@@ -118,16 +118,56 @@ def test_non_tensor_argument():
         fmb.flash_mla_with_kvcache(**args)
 
 
-def test_inputs_on_different_devices():
+def test_inputs_on_different_devices_name_both_devices():
     args = valid_args()
     args["k_cache"] = args["k_cache"].to("meta")
-    with pytest.raises(ValueError, match="k_cache must be on cpu like the other inputs"):
+    with pytest.raises(ValueError, match="k_cache is on meta but q is on cpu: all inputs must be on one device"):
         fmb.flash_mla_with_kvcache(**args)
+
+
+def test_flashmlas_positional_order():
+    # FlashMLA: (q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+    # num_splits, softmax_scale, causal, is_fp8_kvcache, indices).
+    args = valid_args()
+    positional = [args[k] for k in ("q", "k_cache", "block_table", "cache_seqlens", "head_dim_v",
+                                    "tile_scheduler_metadata", "num_splits")]
+    with pytest.raises(ValueError, match="is_fp8_kvcache=True disagrees with k_cache's dtype"):
+        fmb.flash_mla_with_kvcache(*positional, 0.1, True, True)
+    with pytest.raises(ValueError, match="indices: sparse attention is not supported"):
+        fmb.flash_mla_with_kvcache(*positional, 0.1, True, False, torch.zeros(2, 1, 64, dtype=torch.int32))
+    with pytest.raises(TypeError, match="positional argument"):  # ours beyond FlashMLA's are keyword-only
+        fmb.flash_mla_with_kvcache(*positional, 0.1, True, False, None, True)
+
+
+@pytest.mark.parametrize(
+    "make_workspace, message",
+    [
+        (lambda n: torch.empty(n, dtype=torch.float16), "workspace must be a contiguous, 16-byte aligned float32"),
+        (lambda n: torch.empty(n - 1), rf"of at least \d+ elements \(mla_decode_workspace_numel\)"),
+        (lambda n: torch.empty(2 * n)[::2], "workspace must be a contiguous"),
+        (lambda n: torch.empty(n + 1)[1:], "16-byte aligned"),
+        (lambda n: torch.empty(n, device="meta"), "float32 tensor on cpu"),
+    ],
+    ids=["fp16", "too-small", "strided", "misaligned", "other-device"],
+)
+def test_bad_workspace_is_named(make_workspace, message):
+    args = valid_args(batch=2, h_q=16)
+    numel = fmb.mla_decode_workspace_numel(16, 1, "cpu")
+    assert numel > 0  # 16 query rows: the nominal H200 plan splits, so partials need room
+    with pytest.raises(ValueError, match=message):
+        fmb.flash_mla_with_kvcache(**args, workspace=make_workspace(numel))
+
+
+def test_workspace_size_depends_on_the_plan_not_the_batch():
+    # 2 rows per scheduler part (num_sm_parts - 1 boundaries), each [h_kv, rows, 512 + 1] floats.
+    parts = fmb.mla_metadata_num_parts(128, 1, "cpu")
+    assert fmb.mla_decode_workspace_numel(128, 1, "cpu") == 2 * parts * 128 * 513
+    assert fmb.mla_decode_workspace_numel(64, 2, "cpu") == 2 * fmb.mla_metadata_num_parts(64, 2, "cpu") * 2 * 64 * 513
 
 
 @pytest.mark.gpu
 def test_gpu_rejects_cpu_block_table():
     args = valid_args(device="cuda")
     args["block_table"] = args["block_table"].cpu()
-    with pytest.raises(ValueError, match="block_table must be on cuda:0"):
+    with pytest.raises(ValueError, match="block_table is on cpu but q is on cuda:0"):
         fmb.flash_mla_with_kvcache(**args)

@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -97,8 +98,8 @@ void get_mla_metadata(const at::Tensor& cache_seqlens, const at::Tensor& tile_sc
 void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table,
                 const at::Tensor& cache_seqlens, const at::Tensor& tile_scheduler_metadata,
                 const at::Tensor& num_splits, double softmax_scale, bool causal, c10::string_view kernel_name,
-                const at::Tensor& out, const at::Tensor& softmax_lse, const c10::optional<at::Tensor>& descale_q,
-                const c10::optional<at::Tensor>& descale_k) {
+                const at::Tensor& out, const at::Tensor& softmax_lse, const at::Tensor& workspace,
+                const c10::optional<at::Tensor>& descale_q, const c10::optional<at::Tensor>& descale_k) {
   const DecodeKernel& kernel = find_decode_kernel(kernel_name);
   TORCH_CHECK(q.is_cuda() && q.dim() == 4 && q.size(3) == kHeadDimQK, "q must be a CUDA tensor [b, s_q, h_q, 576]");
   const DecodeInputs inputs = decode_inputs(q.scalar_type(), k_cache.scalar_type());
@@ -133,12 +134,16 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   TORCH_CHECK(batch <= kMaxGridDimYZ && h_kv <= kMaxGridDimYZ && num_sm_parts <= kMaxGridDimYZ,
               "batch, h_kv and num_sm_parts must each be at most ", kMaxGridDimYZ);
 
-  c10::cuda::CUDAGuard guard(q.device());
   const int64_t rows_per_kv_head = s_q * (h_q / h_kv);
-  // A split request occupies one split row per part it spans: at most batch + num_sm_parts rows.
-  const int64_t split_rows = batch + num_sm_parts;
-  at::Tensor out_accum = at::empty({split_rows, h_kv, rows_per_kv_head, kHeadDimV}, q.options().dtype(at::kFloat));
-  at::Tensor lse_accum = at::empty({split_rows, h_kv, rows_per_kv_head}, q.options().dtype(at::kFloat));
+  // The split partials: out_accum [rows, h_kv, rows_per_kv_head, 512], then lse_accum [rows, h_kv,
+  // rows_per_kv_head], rows = num_accum_rows(num_sm_parts) (the Python layer sizes it).
+  const int64_t partial_rows = num_accum_rows(int(num_sm_parts)) * h_kv * rows_per_kv_head;
+  TORCH_CHECK(workspace.is_cuda() && workspace.scalar_type() == at::kFloat && workspace.is_contiguous() &&
+                  workspace.numel() >= partial_rows * (kHeadDimV + 1) &&
+                  reinterpret_cast<uintptr_t>(workspace.data_ptr()) % 16 == 0,
+              "workspace must be a contiguous, 16-byte aligned CUDA float32 tensor of at least ",
+              partial_rows * (kHeadDimV + 1), " elements");
+  c10::cuda::CUDAGuard guard(q.device());
 
   DecodeParams p{};
   p.q = q.data_ptr();
@@ -149,8 +154,8 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   p.num_splits = num_splits.data_ptr<int>();
   p.out = out.data_ptr();
   p.lse = softmax_lse.data_ptr<float>();
-  p.out_accum = out_accum.data_ptr<float>();
-  p.lse_accum = lse_accum.data_ptr<float>();
+  p.out_accum = workspace.data_ptr<float>();
+  p.lse_accum = p.out_accum + partial_rows * kHeadDimV;
   p.descale_q = descale_pointer(descale_q, fp8_q, q, "descale_q");
   p.descale_k = descale_pointer(descale_k, fp8_cache, q, "descale_k");
   p.q_batch_stride = q.stride(0);
@@ -198,7 +203,7 @@ TORCH_LIBRARY(flash_mla_backend, m) {
   m.def(
       "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, Tensor tile_scheduler_metadata, "
       "Tensor num_splits, float softmax_scale, bool causal, str kernel, Tensor(a!) out, Tensor(b!) softmax_lse, "
-      "Tensor? descale_q=None, Tensor? descale_k=None) -> ()");
+      "Tensor(c!) workspace, Tensor? descale_q=None, Tensor? descale_k=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(flash_mla_backend, CUDA, m) {

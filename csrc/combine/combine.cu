@@ -28,14 +28,20 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) combine_kernel(const __grid_
   const int num_splits = p.num_splits[req + 1] - first_split;
   if (num_splits <= 1 || q_row >= p.rows_per_kv_head) return;
 
-  const int64_t split_stride = int64_t(p.h_kv) * p.rows_per_kv_head;
-  const int64_t first_row = (int64_t(first_split) * p.h_kv + kv_head) * p.rows_per_kv_head + q_row;
+  // Index of split s's partial row for this (kv head, query row).
+  auto partial_index = [&](int s) {
+    return (int64_t(accum_row(req, first_split, s)) * p.h_kv + kv_head) * p.rows_per_kv_head + q_row;
+  };
+  // A num_splits that is not get_mla_metadata's can name rows outside the workspace (the decode
+  // kernels wrote nothing there): NaN, without reading them.
+  const bool in_workspace =
+      accum_row(req, first_split, 0) >= 0 && accum_row(req, first_split, num_splits - 1) < num_accum_rows(p.num_sm_parts);
 
   // Total LSE over the splits (base 2). fmaxf skips NaN, so NaN is tracked on its own.
   float max_lse = -CUDART_INF_F;
-  bool any_nan = false;
-  for (int s = lane; s < num_splits; s += 32) {
-    const float lse = p.lse_accum[first_row + s * split_stride];
+  bool any_nan = !in_workspace;
+  for (int s = lane; in_workspace && s < num_splits; s += 32) {
+    const float lse = p.lse_accum[partial_index(s)];
     max_lse = fmaxf(max_lse, lse);
     any_nan |= isnan(lse);
   }
@@ -43,17 +49,18 @@ __global__ void __launch_bounds__(32 * kRowsPerCta) combine_kernel(const __grid_
   any_nan = __any_sync(0xffffffff, any_nan);
   float sum = 0.f;
   if (max_lse != -CUDART_INF_F)
-    for (int s = lane; s < num_splits; s += 32) sum += exp2f(p.lse_accum[first_row + s * split_stride] - max_lse);
+    for (int s = lane; s < num_splits; s += 32) sum += exp2f(p.lse_accum[partial_index(s)] - max_lse);
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
   const bool seen = max_lse != -CUDART_INF_F;
   const float total_lse = any_nan ? CUDART_NAN_F : seen ? max_lse + log2f(sum) : -CUDART_INF_F;
 
+  const float init = in_workspace ? 0.f : CUDART_NAN_F;
   float4 acc[kColsPerLane / 4];
 #pragma unroll
-  for (int i = 0; i < kColsPerLane / 4; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i = 0; i < kColsPerLane / 4; ++i) acc[i] = make_float4(init, init, init, init);
   if (seen || any_nan) {
-    for (int s = 0; s < num_splits; ++s) {
-      const int64_t row = first_row + s * split_stride;
+    for (int s = 0; in_workspace && s < num_splits; ++s) {
+      const int64_t row = partial_index(s);
       const float weight = exp2f(p.lse_accum[row] - total_lse);
       const float4* partial = reinterpret_cast<const float4*>(p.out_accum + row * kHeadDimV);
 #pragma unroll

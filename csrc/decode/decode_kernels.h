@@ -33,9 +33,13 @@ struct DecodeKernel {
 //    reaches the output in both);
 //  - a request with a single split writes `out` (normalised) and `lse` (natural log, +inf when
 //    no key is visible) directly; a split request writes its normalised partial output to
-//    out_accum and its log2 LSE (-inf when no key is visible) to lse_accum at its split row,
+//    out_accum and its log2 LSE (-inf when no key is visible) to lse_accum at its accum_row,
 //    and the combine kernel merges them;
-//  - a request with cache_seqlens outside [0, max_pages * 64] gets NaN.
+//  - misuse the host cannot see gives NaN (output and LSE) to the requests it touches and
+//    leaves the others exact, with no read outside the inputs: cache_seqlens outside
+//    [0, max_pages * 64]; a block id outside [0, num_blocks) among the pages the request
+//    reads; a part whose length fingerprint does not match the lengths (a schedule made from
+//    other cache_seqlens) poisons every request the part holds.
 // Arrays terminated by an entry with name == nullptr.
 const DecodeKernel* sm80_decode_kernels();
 const DecodeKernel* sm90_decode_kernels();

@@ -1,6 +1,8 @@
 // The split-KV scheduler. Each request costs its page count plus kFixedRequestCost units; part p
 // takes units [p * cap, (p + 1) * cap) with cap = ceil(total / num_sm_parts). A boundary that falls
 // in a request's fixed cost moves to the request's start, so every split holds at least one page.
+// Each part's row also carries a fingerprint of its requests' lengths (SchedulerPart), which the
+// decode kernels compare with the lengths they are given.
 #include "scheduler/mla_metadata.h"
 
 #include "common/decode_params.h"
@@ -100,6 +102,9 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* __res
     row[2] = begin_page;
     row[3] = ends_at_request_start ? num_pages(cache_seqlens[end_req_pos - 1]) : end_page_pos;
     row[4] = num_splits[begin_req] + boundary_ordinal[p];
+    uint32_t fingerprint = 0;
+    for (int req = row[0]; req <= row[1]; ++req) fingerprint += length_fingerprint_term(req, cache_seqlens[req]);
+    row[5] = int(fingerprint);
   }
 }
 

@@ -24,6 +24,7 @@
 
 #include "common/decode_params.h"
 #include "common/fp8_e4m3.h"
+#include "common/input_checks.cuh"
 #include "common/ptx_sm80.cuh"
 #include "common/row_output.cuh"
 
@@ -89,13 +90,16 @@ class DecodeCta {
         col_split_(warp_ % Cfg::kColSplits) {}
 
   __device__ void run() {
-    const int* md = p_.tile_scheduler_metadata + blockIdx.z * kTileSchedulerMetadataSize;
-    const SchedulerPart part{md[0], md[1], md[2], md[3], md[4]};
+    const SchedulerPart part = load_scheduler_part(p_, blockIdx.z);
+    // -1 until the part's length fingerprint is checked: each warp does it on its own (all get the
+    // same answer) while the first request's first loads are in flight. A stale schedule still
+    // walks pages inside the requests' lengths, so only the output depends on the answer.
+    int part_check = -1;
     for (int req = part.begin_req; req <= part.end_req; ++req) {
-      const int split_row = req == part.begin_req ? part.first_split : p_.num_splits[req];
+      const int split = req == part.begin_req ? part.first_split : p_.num_splits[req];
       const int page_begin = req == part.begin_req ? part.begin_page : 0;
       const int page_end = req == part.end_req ? part.end_page : INT_MAX;
-      process_request(req, page_begin, page_end, split_row);
+      process_request(req, page_begin, page_end, split, part, part_check);
     }
   }
 
@@ -103,7 +107,15 @@ class DecodeCta {
   // Query rows of this thread's accumulator fragments: row_in_tile(0) and row_in_tile(1).
   __device__ int row_in_tile(int half) const { return 16 * row_group_ + lane_ / 4 + 8 * half; }
 
-  __device__ void process_request(int req, int page_begin, int page_end, int split_row) {
+  __device__ bool part_matches(const SchedulerPart& part, int& part_check) const {
+    if (part_check < 0) part_check = part_matches_lengths(p_, part) ? 1 : 0;
+    return part_check == 1;
+  }
+
+  // A request with an invalid length reads nothing; one of a part whose lengths changed, or with
+  // a block id outside the cache (never read: those keys load as zeros), gets NaN too.
+  __device__ void process_request(int req, int page_begin, int page_end, int split, const SchedulerPart& part,
+                                  int& part_check) {
     const int seqlen = p_.cache_seqlens[req];
     const bool valid_length = seqlen >= 0 && seqlen <= p_.max_pages * kPageSize;
     int key_begin = page_begin * kPageSize;
@@ -121,13 +133,15 @@ class DecodeCta {
 #pragma unroll
     for (int n = 0; n < Cfg::kValueTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
+    bool blocks_outside_cache = false;  // this thread's share of the block-id check (load_keys)
     if (num_blocks > 0) {
       load_q(req);
-      load_keys(req, key_begin, key_end, 0);
+      load_keys(req, key_begin, key_end, 0, blocks_outside_cache);
       cp_async_commit();
+      part_matches(part, part_check);  // while the first loads are in flight
       for (int block = 0; block < num_blocks; ++block) {
         if (block + 1 < num_blocks) {
-          load_keys(req, key_begin + (block + 1) * Cfg::kBlockN, key_end, (block + 1) & 1);
+          load_keys(req, key_begin + (block + 1) * Cfg::kBlockN, key_end, (block + 1) & 1, blocks_outside_cache);
           cp_async_commit();
           cp_async_wait<1>();
         } else {
@@ -141,10 +155,16 @@ class DecodeCta {
           __syncthreads();
         }
         attend_block(seqlen, key_begin + block * Cfg::kBlockN, key_end, key_buffer, acc, row_max, row_sum);
-        __syncthreads();  // the next step overwrites this key buffer, the probabilities and the row statistics
+        // The next step overwrites this key buffer, the probabilities and the row statistics; the
+        // last step's barrier also gathers the block-id check.
+        if (block + 1 < num_blocks)
+          __syncthreads();
+        else
+          blocks_outside_cache = __syncthreads_or(blocks_outside_cache);
       }
     }
-    write_result(req, split_row, valid_length, acc, row_max, row_sum);
+    const bool valid = part_matches(part, part_check) && valid_length && !blocks_outside_cache;
+    write_result(req, split, valid, acc, row_max, row_sum);
   }
 
   __device__ void load_q(int req) {
@@ -196,8 +216,9 @@ class DecodeCta {
   }
 
   // Starts the copy of keys [first_key, first_key + kBlockN) into key buffer `buffer` (for an
-  // FP8 cache: staging buffer `buffer`); keys at or past key_end become zeros.
-  __device__ void load_keys(int req, int first_key, int key_end, int buffer) {
+  // FP8 cache: staging buffer `buffer`); keys at or past key_end become zeros, and so do keys
+  // whose block id lies outside the cache, which set outside_cache.
+  __device__ void load_keys(int req, int first_key, int key_end, int buffer, bool& outside_cache) {
     using Stored = std::conditional_t<Cfg::kFp8Cache, uint8_t, Element>;
     constexpr int kStoredPerChunk = 16 / int(sizeof(Stored));
     constexpr int kChunks = kHeadDimQK / kStoredPerChunk;
@@ -206,11 +227,14 @@ class DecodeCta {
     for (int idx = threadIdx.x; idx < Cfg::kBlockN * kChunks; idx += Cfg::kThreads) {
       const int row = idx / kChunks, chunk = idx % kChunks;
       const int key = first_key + row;
-      const bool valid = key < key_end;
+      bool valid = key < key_end;
       const Stored* src = k_cache;
       if (valid) {
-        const int64_t block = block_table[key / kPageSize];
-        src += block * p_.k_block_stride + (key % kPageSize) * p_.k_token_stride + kv_head_ * p_.k_head_stride +
+        const int block = block_table[key / kPageSize];
+        const bool in_cache = uint32_t(block) < uint32_t(p_.num_blocks);
+        outside_cache |= !in_cache;
+        valid = in_cache;
+        src += int64_t(block) * p_.k_block_stride + (key % kPageSize) * p_.k_token_stride + kv_head_ * p_.k_head_stride +
                chunk * kStoredPerChunk;
       }
       const uint32_t dst = Cfg::kFp8Cache
@@ -364,7 +388,7 @@ class DecodeCta {
     }
   }
 
-  __device__ void write_result(int req, int split_row, bool valid_length, const float (&acc)[Cfg::kValueTiles][4],
+  __device__ void write_result(int req, int split, bool valid, const float (&acc)[Cfg::kValueTiles][4],
                                const float (&row_max)[2], const float (&row_sum)[2]) const {
     const bool final_output = p_.num_splits[req + 1] - p_.num_splits[req] == 1;
     const int first_col = col_split_ * Cfg::kValueColsPerWarp + 2 * (lane_ % 4);
@@ -372,7 +396,7 @@ class DecodeCta {
     for (int half = 0; half < 2; ++half) {
       const int q_row = m_block_ * Cfg::kBlockM + row_in_tile(half);
       if (q_row >= p_.rows_per_kv_head) continue;
-      const RowOutput<Element> row(p_, req, kv_head_, q_row, split_row, final_output, valid_length, row_max[half],
+      const RowOutput<Element> row(p_, req, kv_head_, q_row, split, final_output, valid, row_max[half],
                                    row_sum[half]);
       row.template store_pairs<Cfg::kValueTiles>(
           first_col, [&](int n) { return make_float2(acc[n][2 * half], acc[n][2 * half + 1]); });

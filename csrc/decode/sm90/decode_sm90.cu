@@ -37,6 +37,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/input_checks.cuh"
 #include "common/row_output.cuh"
 #include "decode/sm90/ptx_sm90.cuh"
 
@@ -111,8 +112,7 @@ class DecodeCta {
         warp_(threadIdx.x / 32),
         lane_(threadIdx.x % 32),
         wg_(threadIdx.x / 128) {
-    const int* md = p.tile_scheduler_metadata + blockIdx.z * kTileSchedulerMetadataSize;
-    part_ = SchedulerPart{md[0], md[1], md[2], md[3], md[4]};
+    part_ = load_scheduler_part(p, blockIdx.z);
     const int last_row = min((m_block_ + 1) * kBlockM, p.rows_per_kv_head) - 1;
     last_token_ = last_row / p.heads_per_kv;
   }
@@ -197,7 +197,7 @@ class DecodeCta {
     int g = 0;  // pages consumed so far, as counted by the producer
     for (int req = part_.begin_req; req <= part_.end_req; ++req) {
       const int seqlen = p_.cache_seqlens[req];
-      const bool valid_length = seqlen >= 0 && seqlen <= p_.max_pages * kPageSize;
+      bool valid = seqlen >= 0 && seqlen <= p_.max_pages * kPageSize;
       const PageRange range = page_range(req);
 
       float acc[kValueColsPerWarpgroup / 2];  // O[64 rows, this warpgroup's 256 columns], wgmma layout
@@ -207,7 +207,7 @@ class DecodeCta {
       float row_sum[2] = {0.f, 0.f};                      // this thread's partial sums
 
       if (range.end > range.begin) {
-        load_q(req);
+        valid &= load_q_and_check_inputs(req, range);
         // Keys visible to this thread's two rows: [0, key_limit).
         int key_limit[2];
 #pragma unroll
@@ -218,14 +218,26 @@ class DecodeCta {
         for (int page = range.begin; page < range.end; ++page, ++g)
           attend_page(page, g, seqlen, key_limit, acc, row_max, row_sum);
       }
-      write_result(req, valid_length, acc, row_max, row_sum);
+      write_result(req, part_matches() && valid, acc, row_max, row_sum);
     }
+  }
+
+  // Whether the part's lengths are those its schedule was made from; checked once, by each warp
+  // on its own (all of them get the same answer), the first time a request needs it. A stale
+  // schedule still walks pages the producer can load safely (TMA fills coordinates outside the
+  // cache with zeros), so the math threads consume them as the producer loads them and only the
+  // output turns NaN.
+  __device__ bool part_matches() {
+    if (part_check_ < 0) part_check_ = part_matches_lengths(p_, part_) ? 1 : 0;
+    return part_check_ == 1;
   }
 
   // Q rows of this tile -> shared memory, as nine 64 x 64 pieces in the 128B-swizzle layout that
   // TMA produces for K (16-byte chunk c of row r at r * 128 + ((c ^ (r % 8)) * 16)). Rows past
-  // rows_per_kv_head are zero and never written out.
-  __device__ void load_q(int req) {
+  // rows_per_kv_head are zero and never written out. While Q is in flight the math threads check
+  // the block ids of the request's pages in the range (and the part's length fingerprint); the
+  // barrier that publishes Q also tells every thread whether all of them passed.
+  __device__ bool load_q_and_check_inputs(int req, PageRange range) {
     const Element* q = static_cast<const Element*>(p_.q) + int64_t(req) * p_.q_batch_stride;
 #pragma unroll 6
     for (int i = 0; i < kBlockM * kQChunksPerRow / kMathThreads; ++i) {
@@ -241,9 +253,13 @@ class DecodeCta {
       const uint32_t dst = q_smem_ + (chunk / 8) * kPieceBytes + row * 128 + (((chunk % 8) ^ (row % 8)) << 4);
       cp_async_16_zfill(dst, src, valid);
     }
+    // Both evaluated by every thread: part_matches() is warp-collective.
+    const bool part_valid = part_matches();
+    const bool blocks_valid = block_ids_in_cache(p_, req, range.begin, range.end, tid_, kMathThreads);
+    const bool inputs_valid = part_valid && blocks_valid;
     cp_async_wait_all();
     fence_proxy_async_smem();  // the generic-proxy writes above are read by wgmma next
-    named_barrier_sync(kMathBarrier, kMathThreads);
+    return !named_barrier_or(kMathBarrier, kMathThreads, !inputs_valid);
   }
 
   // Partial S[64 x 64] over k-steps 18 W .. 18 W + 17 (16 columns each) of the page in `kv`,
@@ -422,7 +438,7 @@ class DecodeCta {
     mbarrier_arrive(empty_bar(slot));  // this thread is done with the page buffer
   }
 
-  __device__ void write_result(int req, bool valid_length, const float (&acc)[128], const float (&row_max)[2],
+  __device__ void write_result(int req, bool valid, const float (&acc)[128], const float (&row_max)[2],
                                float (&row_sum)[2]) {
     // Row sums: over the 4 lanes of a row, then over the two warpgroups (same order in both).
 #pragma unroll
@@ -438,14 +454,13 @@ class DecodeCta {
     named_barrier_sync(kMathBarrier, kMathThreads);  // row_sum_ may be rewritten by the next request
 
     const bool final_output = p_.num_splits[req + 1] - p_.num_splits[req] == 1;
-    const int split_row = req == part_.begin_req ? part_.first_split : p_.num_splits[req];
+    const int split = req == part_.begin_req ? part_.first_split : p_.num_splits[req];
     const int first_col = wg_ * kValueColsPerWarpgroup + 2 * (lane_ % 4);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int q_row = m_block_ * kBlockM + row_of(h);
       if (q_row >= p_.rows_per_kv_head) continue;
-      const RowOutput<Element> row(p_, req, kv_head_, q_row, split_row, final_output, valid_length, row_max[h],
-                                   total[h]);
+      const RowOutput<Element> row(p_, req, kv_head_, q_row, split, final_output, valid, row_max[h], total[h]);
       row.template store_pairs<kValueColsPerWarpgroup / 8>(
           first_col, [&](int j) { return make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]); });
       if (wg_ == 0 && lane_ % 4 == 0) row.store_lse();
@@ -461,6 +476,7 @@ class DecodeCta {
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;
   SchedulerPart part_;
   int last_token_;
+  int part_check_ = -1;  // part_matches(): -1 not checked yet, else 0 / 1
 };
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -1,0 +1,39 @@
+// Checks of what the host cannot check without a synchronisation: that a schedule was made from
+// the lengths the decode is given, and that the block ids a request reads lie in the cache. The
+// decode kernels give the requests that fail NaN (see decode/decode_kernels.h).
+#pragma once
+
+#include "common/decode_params.h"
+
+namespace flash_mla_backend {
+
+// Row `part` of tile_scheduler_metadata. The request range is clamped to the batch, so that a
+// schedule that is not get_mla_metadata's cannot send the kernel past cache_seqlens (its
+// fingerprint then fails, and the requests get NaN).
+__device__ __forceinline__ SchedulerPart load_scheduler_part(const DecodeParams& p, int part) {
+  const int* md = p.tile_scheduler_metadata + part * kTileSchedulerMetadataSize;
+  return SchedulerPart{max(md[0], 0), min(md[1], p.batch - 1), md[2], md[3], md[4], md[5]};
+}
+
+// Whether the part's requests have the lengths its schedule was made from. Warp-collective: the
+// lanes share the loads and every lane gets the answer.
+__device__ __forceinline__ bool part_matches_lengths(const DecodeParams& p, const SchedulerPart& part) {
+  uint32_t sum = 0;
+  for (int req = part.begin_req + int(threadIdx.x % 32); req <= part.end_req; req += 32)
+    sum += length_fingerprint_term(req, p.cache_seqlens[req]);
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  return sum == uint32_t(part.length_fingerprint);
+}
+
+// Whether the block ids of request req's pages first_page + thread, + num_threads, ... below
+// end_page all lie in [0, num_blocks): this thread's share of the check.
+__device__ __forceinline__ bool block_ids_in_cache(const DecodeParams& p, int req, int first_page, int end_page,
+                                                   int thread, int num_threads) {
+  const int* block_table = p.block_table + int64_t(req) * p.block_table_batch_stride;
+  bool in_cache = true;
+  for (int page = first_page + thread; page < end_page; page += num_threads)
+    in_cache &= uint32_t(block_table[page]) < uint32_t(p.num_blocks);
+  return in_cache;
+}
+
+}  // namespace flash_mla_backend
