@@ -21,7 +21,9 @@ from vllm.model_executor.layers.attention.mla_attention import (
     MLACommonMetadataBuilder,
     QueryLenSupport,
 )
+from vllm.config import get_current_vllm_config
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType
+from vllm.v1.worker.workspace import current_workspace_manager, is_workspace_manager_initialized
 
 from flash_mla_backend.interface import (
     FP8_DTYPE,
@@ -34,6 +36,7 @@ from flash_mla_backend.interface import (
     check_extension,
     flash_mla_with_kvcache,
     get_mla_metadata,
+    mla_decode_workspace_numel,
     mla_metadata_num_parts,
 )
 
@@ -41,6 +44,8 @@ from flash_mla_backend.interface import (
 MLA_NUM_KV_HEADS = 1
 # vLLM's names for an e4m3 cache with a per-tensor scale (layer._k_scale).
 FP8_KV_CACHE_DTYPES = ("fp8", "fp8_e4m3")
+# Requests with up to this many query tokens take the decode path (the builder's threshold).
+MAX_DECODE_QUERY_LEN = 128
 
 
 class FlashMLAPluginBackend(MLACommonBackend):
@@ -147,7 +152,7 @@ class FlashMLAPluginMetadataBuilder(MLACommonMetadataBuilder[FlashMLAPluginMetad
     query_len_support: ClassVar[QueryLenSupport] = QueryLenSupport.UNIFORM
     # Requests with up to this many new tokens take the decode kernel when they are uniform, as in
     # vLLM's own FlashMLA backend: a short extend is cheaper there than in a separate prefill pass.
-    reorder_batch_threshold: int = 128
+    reorder_batch_threshold: int = MAX_DECODE_QUERY_LEN
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device, FlashMLAPluginMetadata)
@@ -256,6 +261,33 @@ class FlashMLAPluginImpl(MLACommonImpl[FlashMLAPluginMetadata]):
         # queries' rounding (relative output error on random data: ~4% with the cache in e4m3,
         # ~6% with q too; docs/fp8.md).
         self.supports_quant_query_input = False
+        # The split partials' workspace for the widest decode step, whatever the batch (about
+        # 35 MB at most). Claimed from vLLM's workspace now, while the model is built, so that
+        # vLLM's memory profile counts it before sizing the KV cache and no step allocates it.
+        # (The decode sees the heads of all DCP ranks; the configured DCP size is read, as the
+        # process group may not exist yet.)
+        vllm_config = get_current_vllm_config()
+        num_decode_heads = num_heads * vllm_config.parallel_config.decode_context_parallel_size
+        is_fp8_kvcache = kv_cache_dtype in FP8_KV_CACHE_DTYPES
+        self.workspace_numel = max(
+            mla_decode_workspace_numel(query_len * num_decode_heads, MLA_NUM_KV_HEADS,
+                                       vllm_config.device_config.device, is_fp8_kvcache)
+            for query_len in range(1, MAX_DECODE_QUERY_LEN + 1)
+        )
+        self.reserve_workspace()
+
+    def reserve_workspace(self) -> None:
+        """Also vLLM 0.33's hook, called in the memory-profiling run (see compat)."""
+        self._decode_workspace()
+
+    def _decode_workspace(self) -> torch.Tensor | None:
+        """The workspace, from vLLM's manager (per micro-batch, fixed once vLLM locks it after
+        warm-up, so CUDA graphs replay with its address); None where vLLM set up no manager
+        (then each call allocates its own)."""
+        if not is_workspace_manager_initialized():
+            return None
+        (workspace,) = current_workspace_manager().get_simultaneous(((self.workspace_numel,), torch.float32))
+        return workspace
 
     def forward_mqa(self, q, kv_c_and_k_pe_cache, attn_metadata, layer):
         """q: (ql_nope [tokens, heads, 512], q_pe [tokens, heads, 64]) or one [tokens, heads, 576]
@@ -285,6 +317,7 @@ class FlashMLAPluginImpl(MLACommonImpl[FlashMLAPluginMetadata]):
             # Views of the layer's scale tensors, so CUDA graphs read their current values.
             descale_q=layer._q_scale.reshape(1) if q.dtype == FP8_DTYPE else None,
             descale_k=layer._k_scale.reshape(1) if kv_c_and_k_pe_cache.dtype == FP8_DTYPE else None,
+            workspace=self._decode_workspace(),
         )
         out = out.view(num_tokens, num_heads, HEAD_DIM_V)
         if lse is not None:

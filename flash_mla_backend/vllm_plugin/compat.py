@@ -24,6 +24,10 @@ differences that touch the plugin, read from both releases' source:
   the `supports_*` hooks, whose signatures are the same in both.
 - `register_backend`: 0.33 also accepts a new backend name as a string; overriding an existing
   member, which is what the plugin does, works alike in both.
+- Backend selection (`vllm.v1.attention.selector.get_attn_backend`): both read the user's
+  choice from the current config's `attention_config.backend`, overridden per KV-cache kind by
+  `attention_config.backend_per_kind` (keys "mla_attention", "sliding_window_mla" for MLA), and
+  report the selected class under its own module path. `user_chose_flashmla` reads the same.
 - Logging: 0.26 sets up its "vllm" log handler when vllm.logger is imported, before any plugin
   runs; 0.33 sets it up explicitly, and in the API-server process and the `LLM()` process only
   after loading the plugins. `log_line` covers both.
@@ -49,6 +53,23 @@ def is_supported_vllm_version(version: str) -> bool:
     """True for releases in the supported range, local builds included ("0.33.0+cu130")."""
     release = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
     return release is not None and _OLDEST_SUPPORTED <= tuple(map(int, release.groups())) <= _NEWEST_SUPPORTED
+
+
+# The KV-cache kinds of MLA layers, keys of attention_config.backend_per_kind.
+_MLA_KV_CACHE_KINDS = ("mla_attention", "sliding_window_mla")
+
+
+def user_chose_flashmla() -> bool:
+    """Whether the config vLLM is selecting backends for names FLASHMLA for MLA layers."""
+    from vllm.config import get_current_vllm_config_or_none
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    config = get_current_vllm_config_or_none()
+    if config is None:
+        return False
+    attention = config.attention_config
+    per_kind = attention.backend_per_kind or {}
+    return AttentionBackendEnum.FLASHMLA in {per_kind.get(kind, attention.backend) for kind in _MLA_KV_CACHE_KINDS}
 
 
 def log_line(logger: logging.Logger, level: int, message: str) -> None:

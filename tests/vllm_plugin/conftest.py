@@ -202,6 +202,20 @@ def make_mla_setup():
 
 
 @pytest.fixture
+def vllm_workspace():
+    """vllm_workspace(device): sets up vLLM's workspace manager as its GPU worker does (before the
+    model is built); torn down afterwards."""
+    from vllm.v1.worker import workspace
+
+    def init(device):
+        workspace.init_workspace_manager(torch.device(device))
+        return workspace
+
+    yield init
+    workspace.reset_workspace_manager()
+
+
+@pytest.fixture
 def make_batch():
     return make_common_attn_metadata
 

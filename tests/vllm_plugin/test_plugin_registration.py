@@ -1,5 +1,6 @@
 """The plugin as vLLM finds and loads it: entry point, registry override, log line, the disable
-variable, the "flashmla" name in vLLM's configuration, and a worker process started with spawn."""
+variable, an unsupported vLLM left alone, the "flashmla" name in vLLM's configuration, and a
+worker process started with spawn."""
 
 import importlib.metadata
 import json
@@ -15,12 +16,18 @@ pytest.importorskip("vllm.plugins", reason="vLLM is not installed")
 
 import vllm.platforms  # noqa: E402
 import vllm.plugins  # noqa: E402
-from vllm.config import AttentionConfig  # noqa: E402
+from vllm.config import AttentionConfig, DeviceConfig, VllmConfig, set_current_vllm_config  # noqa: E402
 from vllm.v1.attention.backends.registry import AttentionBackendEnum  # noqa: E402
 
 from flash_mla_backend import __version__, vllm_plugin  # noqa: E402
 from flash_mla_backend.vllm_plugin import compat  # noqa: E402
 from flash_mla_backend.vllm_plugin.backend import FlashMLAPluginBackend  # noqa: E402
+
+
+def user_choosing(attention_config):
+    """The context vLLM selects backends in, for a user who passed this attention config."""
+    return set_current_vllm_config(VllmConfig(device_config=DeviceConfig(device="cpu"),
+                                              attention_config=attention_config))
 
 
 @pytest.fixture
@@ -52,7 +59,11 @@ def test_vllm_plugin_loader_points_flashmla_at_our_backend(restore_flashmla_regi
 
     vllm.plugins.load_general_plugins()
 
-    assert AttentionBackendEnum.FLASHMLA.get_class() is FlashMLAPluginBackend
+    assert AttentionBackendEnum.FLASHMLA.get_path() == vllm_plugin.SELECTION_PATH
+    with user_choosing(AttentionConfig(backend=AttentionBackendEnum.FLASHMLA)):
+        assert AttentionBackendEnum.FLASHMLA.get_class() is FlashMLAPluginBackend
+    with user_choosing(AttentionConfig()):
+        assert AttentionBackendEnum.FLASHMLA.get_class().__module__ == "vllm.v1.attention.backends.mla.flashmla"
     assert FlashMLAPluginBackend.get_name() == "FLASHMLA"
 
 
@@ -63,12 +74,13 @@ def test_register_is_idempotent_and_logs_one_line(restore_flashmla_registration,
     vllm_plugin.register()
     vllm_plugin.register()
 
-    assert AttentionBackendEnum.FLASHMLA.get_path() == vllm_plugin.BACKEND_CLASS_PATH
+    assert AttentionBackendEnum.FLASHMLA.get_path() == vllm_plugin.SELECTION_PATH
     (record,) = plugin_log_records
     message = record.getMessage()
     assert record.levelno == logging.INFO
     assert f"flash-mla-backend {__version__} registered with vLLM {compat.installed_vllm_version()}" in message
-    assert vllm_plugin.BACKEND_CLASS_PATH in message
+    assert "--attention-backend flashmla runs its kernels" in message
+    assert f"vLLM's automatic choice is unchanged ({vllm_plugin.AUTOMATIC_ENV}=1 lets it pick them" in message
 
 
 def test_disable_variable_keeps_vllms_own_backend(restore_flashmla_registration, monkeypatch, plugin_log_records):
@@ -81,6 +93,21 @@ def test_disable_variable_keeps_vllms_own_backend(restore_flashmla_registration,
     assert AttentionBackendEnum.FLASHMLA.get_path() == AttentionBackendEnum.FLASHMLA.value
     (record,) = plugin_log_records
     assert f"{vllm_plugin.DISABLE_ENV} is set" in record.getMessage()
+
+
+@pytest.mark.parametrize("version", ["0.25.1", "0.34.0"])
+def test_unsupported_vllm_is_left_alone(restore_flashmla_registration, monkeypatch, plugin_log_records, version):
+    monkeypatch.delenv(vllm_plugin.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(compat, "installed_vllm_version", lambda: version)
+    restore_flashmla_registration.clear_override()
+
+    vllm_plugin.register()
+
+    assert not AttentionBackendEnum.FLASHMLA.is_overridden()
+    (record,) = plugin_log_records
+    assert record.levelno == logging.WARNING
+    assert f"supports vLLM {compat.SUPPORTED_VLLM_VERSIONS}, not the installed {version}" in record.getMessage()
+    assert "FLASHMLA is vLLM's own" in record.getMessage()
 
 
 @pytest.mark.parametrize(
@@ -96,7 +123,8 @@ def test_flashmla_name_resolves_through_vllms_attention_config(our_flashmla_regi
     assert AttentionConfig.validate_backend_before("flashmla") is AttentionBackendEnum.FLASHMLA
     config = AttentionConfig(**{"backend": "flashmla"})
     assert config.backend is AttentionBackendEnum.FLASHMLA
-    assert config.backend.get_class() is FlashMLAPluginBackend
+    with user_choosing(config):
+        assert config.backend.get_class() is FlashMLAPluginBackend
 
 
 def test_flashmla_name_resolves_through_vllms_command_line(our_flashmla_registration, cuda_platform_class, monkeypatch):
@@ -111,7 +139,8 @@ def test_flashmla_name_resolves_through_vllms_command_line(our_flashmla_registra
     engine_args = EngineArgs.from_cli_args(parser.parse_args(["--model", "any", "--attention-backend", "flashmla"]))
 
     backend = AttentionConfig.validate_backend_before(engine_args.attention_backend)
-    assert backend.get_class() is FlashMLAPluginBackend
+    with user_choosing(AttentionConfig(backend=backend)):
+        assert backend.get_class() is FlashMLAPluginBackend
 
 
 SPAWNED_WORKER = """
@@ -141,7 +170,7 @@ def test_plugin_registers_in_a_spawned_worker_process(tmp_path, monkeypatch):
 
     assert worker.exitcode == 0
     # Registered, and without touching CUDA (vLLM has not picked the worker's GPU yet at that point).
-    assert json.loads(result.read_text()) == {"flashmla": vllm_plugin.BACKEND_CLASS_PATH, "cuda_initialized": False}
+    assert json.loads(result.read_text()) == {"flashmla": vllm_plugin.SELECTION_PATH, "cuda_initialized": False}
 
 
 def test_log_line_shows_in_a_fresh_vllm_process(monkeypatch):

@@ -81,8 +81,10 @@ def assert_matches_reference(out, lse, q, kv_cache, batch, num_real_reqs, query_
 @pytest.mark.parametrize("q_form", ["tuple", "concatenated"])
 @pytest.mark.parametrize("query_len", [1, 4], ids=["decode", "mtp3"])
 @pytest.mark.parametrize("num_heads", [128, 16], ids=["TP1", "TP8"])
-def test_forward_mqa_matches_reference(make_mla_setup, make_batch, case_seed, num_heads, query_len, q_form):
+def test_forward_mqa_matches_reference(make_mla_setup, make_batch, vllm_workspace, case_seed, num_heads, query_len,
+                                      q_form):
     generator = torch.Generator().manual_seed(case_seed)
+    vllm_workspace("cuda")  # as in vLLM's worker: the split partials go to its workspace
     setup = make_mla_setup(num_heads=num_heads, device="cuda")
     impl = setup.make_impl()
     impl.need_to_return_lse_for_decode = True  # what decode context parallelism sets
@@ -211,3 +213,38 @@ def test_cuda_graph_capture_and_replay_of_forward_mqa(make_mla_setup, make_batch
         torch.cuda.synchronize()
         q = torch.cat((ql_nope, q_pe), dim=-1)
         assert_matches_reference(graph_out, graph_lse, q, kv_cache, batch, len(seq_lens), query_len, setup.layer.scale)
+
+
+def test_decode_steps_allocate_only_their_outputs(make_mla_setup, make_batch, vllm_workspace, case_seed):
+    """With vLLM's workspace manager (set up before the model, locked after warm-up), a decode step
+    allocates its output and LSE and nothing else: the split partials live in the workspace the
+    impl claimed at build time, at a fixed address."""
+    generator = torch.Generator().manual_seed(case_seed)
+    workspace = vllm_workspace("cuda")
+    setup = make_mla_setup(num_heads=128, device="cuda")
+    impl = setup.make_impl()
+    seq_lens = torch.randint(1, 5000, (64,), generator=generator).tolist()  # long enough to split
+    batch, num_blocks = make_batch(seq_lens, [1] * len(seq_lens), "cuda", generator)
+    kv_cache = torch.empty(num_blocks, PAGE_SIZE, HEAD_DIM_QK, dtype=torch.bfloat16, device="cuda")
+    write_kv_cache(kv_cache, batch, len(seq_lens), generator)
+    ql_nope, q_pe = random_queries(batch.num_actual_tokens, 128, generator, "cuda")
+    q = torch.cat((ql_nope, q_pe), dim=-1)
+    metadata = setup.builder.build(0, batch)
+    assert int(metadata.decode.num_splits[-1]) > len(seq_lens), "the batch must split for the test to mean anything"
+    impl.forward_mqa(q, kv_cache, metadata, setup.layer)  # warm-up
+    workspace.lock_workspace()
+    claimed = impl._decode_workspace().data_ptr()
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()
+    out, lse = impl.forward_mqa(q, kv_cache, metadata, setup.layer)
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_stats()
+
+    assert lse is None  # vLLM did not ask for it (no decode context parallelism)
+    allocations = after["allocation.all.allocated"] - before["allocation.all.allocated"]
+    allocated = after["allocated_bytes.all.allocated"] - before["allocated_bytes.all.allocated"]
+    outputs = [out.numel() * out.element_size(), len(seq_lens) * 128 * 4]  # out and the kernel's LSE
+    assert allocations == len(outputs)
+    assert allocated == sum(-(-n // 512) * 512 for n in outputs)  # the caching allocator's 512-byte rounding
+    assert impl._decode_workspace().data_ptr() == claimed
