@@ -6,14 +6,18 @@ its launcher before parsing arguments and again in every scheduler process it sp
 (`backend.FlashMLABackendOnOurKernels`), so target decode, target-verify, draft-extend and the
 multi-step draft backends all build the subclass, and SGLang's `isinstance` checks still pass.
 
-Set FLASH_MLA_BACKEND_DISABLE_SGLANG=1 to keep SGLang's own FlashMLA kernels.
+SGLang builds that class only for `--attention-backend flashmla` (or its decode/prefill
+variants): a user's choice. The plugin still leaves SGLang's own class in place where our kernels
+would not serve as well as SGLang's: on an SGLang release other than the supported one, and on
+GPUs outside compute capability 8.x and 9.0 (SGLang's FlashMLA also runs on Blackwell). Set
+FLASH_MLA_BACKEND_DISABLE_SGLANG=1 to keep SGLang's own FlashMLA kernels anyway.
 """
 
 import importlib
 import logging
-import os
 
 from flash_mla_backend import __version__
+from flash_mla_backend._env import env_flag
 
 DISABLE_ENV = "FLASH_MLA_BACKEND_DISABLE_SGLANG"
 
@@ -26,8 +30,14 @@ class PluginInstallError(RuntimeError):
 
 def register() -> None:
     """Installs our FlashMLA backend into SGLang. Idempotent; initialises no CUDA context."""
-    if os.environ.get(DISABLE_ENV) == "1":
+    from flash_mla_backend.sglang_plugin import compat
+
+    if env_flag(DISABLE_ENV):
         logger.info("flash-mla-backend %s: %s=1, SGLang's own FlashMLA kernels stay in use", __version__, DISABLE_ENV)
+        return
+    reason = compat.reason_to_stay_out()
+    if reason:
+        logger.warning("flash-mla-backend %s leaves SGLang's own FlashMLA backend in place: %s", __version__, reason)
         return
     try:
         newly_installed = _install_backend()
@@ -53,7 +63,6 @@ def _install_backend() -> bool:
     """Replaces SGLang's FlashMLABackend with our subclass; False if it already was."""
     from flash_mla_backend.sglang_plugin import compat
 
-    compat.check_sglang_version()
     # Imports SGLang's FlashMLA module, which loads its CUDA libraries but creates no context.
     from flash_mla_backend.sglang_plugin.backend import FlashMLABackendOnOurKernels
 

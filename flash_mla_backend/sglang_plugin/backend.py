@@ -50,6 +50,13 @@ def _check_model_is_supported(model_runner) -> None:
             f"{' or '.join(map(str, KV_CACHE_DTYPES))}, but SGLang is configured with {model_runner.kv_cache_dtype}. "
             f"Use --kv-cache-dtype auto or fp8_e4m3, or set {DISABLE_ENV}=1 to run SGLang's own FlashMLA kernels."
         )
+    if model_runner.kv_cache_dtype == FP8_DTYPE and get_parallel().attn_dcp_size > 1:
+        # SGLang's own FlashMLA backend refuses this too (at its first decode).
+        raise NotImplementedError(
+            f"flash-mla-backend {__version__}, like SGLang's FlashMLA, does not support decode context "
+            f"parallelism (--dcp-size {get_parallel().attn_dcp_size}) with an FP8 KV cache. Use --kv-cache-dtype "
+            f"auto, or a DCP size of 1."
+        )
     config = model_runner.model_config
     if (config.kv_lora_rank, config.qk_rope_head_dim) != (HEAD_DIM_V, HEAD_DIM_QK - HEAD_DIM_V):
         raise ValueError(

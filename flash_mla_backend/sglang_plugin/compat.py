@@ -45,6 +45,41 @@ def check_sglang_version() -> None:
         )
 
 
+# Compute capabilities our kernels are built and tested for: sm_80 code (8.0, 8.6, 8.9) and sm_90a.
+def is_supported_capability(capability) -> bool:
+    return capability[0] == 8 or tuple(capability) == (9, 0)
+
+
+def gpu_capabilities():
+    """The compute capabilities of the machine's GPUs, read through NVML (which creates no CUDA
+    context, as a plugin must not); None where NVML cannot tell (no driver, no nvidia-ml-py)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # nvidia-ml-py missing or no driver: nothing to read
+        return None
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        return [tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h)) for h in handles]
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def reason_to_stay_out():
+    """Why the plugin must leave SGLang's own FlashMLA backend in place, or None."""
+    try:
+        check_sglang_version()
+    except IncompatibleSGLangError as error:
+        return str(error)
+    unsupported = sorted({c for c in gpu_capabilities() or () if not is_supported_capability(c)})
+    if unsupported:
+        found = ", ".join(f"{major}.{minor}" for major, minor in unsupported)
+        return (f"this machine has GPUs of compute capability {found}, where our kernels do not run "
+                f"(they cover 8.x and 9.0); SGLang's FlashMLA kernels serve there")
+    return None
+
+
 def check_overrides(subclass: type) -> None:
     """Every method `subclass` defines must override one of SGLang's, or SGLang never calls it."""
     base = subclass.__base__

@@ -277,3 +277,70 @@ def test_override_check_names_methods_sglang_lacks():
 
     with pytest.raises(compat.IncompatibleSGLangError, match=r"no longer has init_forward_metadata_out_graph,"):
         compat.check_overrides(OurBackend)
+
+
+def test_fp8_cache_with_decode_context_parallelism_is_refused(run_child):
+    """SGLang's own FlashMLA refuses an FP8 cache under DCP (at its first decode); ours at
+    construction, before SGLang allocates anything, saying what to change."""
+    result, _ = run_child(
+        FP8_RUNNER
+        + textwrap.dedent("""
+        from types import SimpleNamespace
+        from flash_mla_backend.sglang_plugin import backend
+
+        backend.get_parallel = lambda: SimpleNamespace(attn_dcp_size=2, dcp_enabled=True)
+        try:
+            ATTENTION_BACKENDS["flashmla"](runner)
+            error = None
+        except NotImplementedError as exc:
+            error = str(exc)
+        print(json.dumps({"error": error}))
+        """)
+    )
+    assert result["error"] is not None
+    assert "does not support decode context parallelism (--dcp-size 2) with an FP8 KV cache" in result["error"]
+
+
+STAY_OUT_CHILD = """
+    import json, logging
+    logging.basicConfig(level=logging.INFO)
+    from flash_mla_backend.sglang_plugin import compat
+    {patch}
+    from flash_mla_backend.sglang_plugin import register
+
+    register()
+    from sglang.srt.layers.attention import flashmla_backend
+
+    cls = flashmla_backend.FlashMLABackend
+    print(json.dumps({{"module_class": f"{{cls.__module__}}.{{cls.__qualname__}}"}}))
+"""
+
+
+@pytest.mark.parametrize(
+    "patch, reason",
+    [
+        ("compat.gpu_capabilities = lambda: [(9, 0), (10, 0)]",
+         "GPUs of compute capability 10.0, where our kernels do not run"),
+        ("real = compat.metadata.version; "
+         "compat.metadata.version = lambda name: '0.5.24' if name == 'sglang' else real(name)",
+         "SGLang 0.5.24 is installed, but this flash-mla-backend"),
+    ],
+    ids=["blackwell-gpu", "other-sglang-release"],
+)
+def test_plugin_stays_out_where_sglangs_own_kernels_serve(run_child, patch, reason):
+    result, stderr = run_child(STAY_OUT_CHILD.format(patch=patch))
+    assert result["module_class"] == SGLANG_CLASS
+    assert "leaves SGLang's own FlashMLA backend in place" in stderr and reason in stderr
+    assert INSTALLED_LOG not in stderr
+
+
+@pytest.mark.parametrize(
+    "capabilities, stays_out",
+    [(None, False), ([], False), ([(8, 0), (8, 6), (8, 9), (9, 0)], False), ([(7, 5)], True), ([(12, 0)], True)],
+)
+def test_gpu_capabilities_that_keep_sglangs_class(monkeypatch, capabilities, stays_out):
+    from flash_mla_backend.sglang_plugin import compat
+
+    monkeypatch.setattr(compat, "check_sglang_version", lambda: None)
+    monkeypatch.setattr(compat, "gpu_capabilities", lambda: capabilities)
+    assert (compat.reason_to_stay_out() is not None) is stays_out
