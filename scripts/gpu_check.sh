@@ -4,7 +4,11 @@
 # (default: build test bench):
 #   build       compile and install the package (editable) into the machine's python3
 #   test        the kernels' GPU tests (pytest -m gpu, plugin tests apart)
-#   bench       python -m flash_mla_backend.bench
+#   bench       python -m flash_mla_backend.bench (BENCH_ARGS: its arguments, default none)
+#   variants    builds each .variants/NAME (scripts/make_variant.sh: an older revision, renamed)
+#   compare     the benchmark with peers in the same process: every built .variants/NAME and, if
+#               .peers/flash_mla is there (../shared/tools/anchors), upstream FlashMLA
+#               (COMPARE_ARGS: further benchmark arguments, default --kv-cache bf16)
 #   sanitize    compute-sanitizer memcheck and racecheck on small cases of each kernel
 #   vllm-tests  tests/vllm_plugin on the GPU, against the vLLM in /tmp/site (from the e2e stage, or
 #               from .device/vllm-bundle if no vLLM is there yet)
@@ -55,7 +59,27 @@ for stage in $stages; do
         -q -rs --durations=10 -p no:cacheprovider
       ;;
     bench)
-      run_stage bench python3 -m flash_mla_backend.bench --json "$OUT/bench.json"
+      # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+      run_stage bench python3 -m flash_mla_backend.bench --json "$OUT/bench.json" ${BENCH_ARGS:-}
+      ;;
+    variants)
+      for variant in .variants/*/; do
+        [ -d "$variant" ] || continue
+        (cd "$variant" && MAX_JOBS="${MAX_JOBS:-16}" run_stage "variant-$(basename "$variant")" \
+          python3 setup.py build_ext --inplace) || status=1
+      done
+      ;;
+    compare)
+      peers=() paths=()
+      for variant in .variants/*/; do
+        [ -d "$variant" ] && peers+=("$(basename "$variant")") && paths+=("$PWD/$variant")
+      done
+      [ -d .peers/flash_mla ] && peers+=(flash_mla) && paths+=("$PWD/.peers")
+      list() { local IFS=$1; shift; echo "$*"; }
+      # shellcheck disable=SC2086
+      PYTHONPATH="$(list : "${paths[@]}")${PYTHONPATH:+:$PYTHONPATH}" run_stage compare \
+        python3 -m flash_mla_backend.bench --compare "$(list , "${peers[@]}")" --json "$OUT/compare.json" \
+        ${COMPARE_ARGS:---kv-cache bf16}
       ;;
     sanitize)
       for tool in memcheck racecheck; do
@@ -63,6 +87,11 @@ for stage in $stages; do
           python3 -m pytest -m gpu tests/test_decode_gpu.py -q -p no:cacheprovider \
           -k "(decode_sweep and b2-sq2-sk140-hq16) or (fp8_decode_sweep and b6-sq4-sk140-hq16)"
       done
+      # Misuse: no read or write outside the inputs (each case runs in a child process, which
+      # compute-sanitizer follows).
+      run_stage sanitize-memcheck-misuse compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python3 -m pytest -m gpu tests/test_misuse_gpu.py -q -p no:cacheprovider \
+        -k "(sm80_m16-bf16 and block-past-end) or (sm90-bf16 and negative-block) or (sm80_m64-fp8 and stale)"
       ;;
     vllm-tests)
       [ -d "$SITE/vllm" ] || bash .device/vllm-bundle/install.sh || exit 1
