@@ -61,10 +61,41 @@ def _device_properties(device: torch.device) -> dict:
     )
 
 
+@dataclass(frozen=True)
+class BuildInfo:
+    torch_version: str
+    cuda_version: str
+    cuda_home: str
+    code: tuple  # (kind, arch): "sm" machine code, "compute" PTX, e.g. ("sm", "90a")
+
+
+@functools.lru_cache(maxsize=None)
+def build_info() -> BuildInfo:
+    """What setup.py recorded when it built the extension."""
+    torch_version, cuda_version, cuda_home, code = ops().build_info()
+    return BuildInfo(torch_version, cuda_version, cuda_home, tuple(tuple(c.split("_")) for c in code.split()))
+
+
+def built_code() -> tuple:
+    return build_info().code
+
+
+def _build_runs(info: KernelInfo, capability: tuple) -> bool:
+    """Whether the extension holds code for `capability` that runs this kernel: the Hopper
+    kernel only as sm_90a code on 9.0; the portable ones as sm_80 code on 8.x, sm_90a code on 9.0,
+    or compute_80 PTX (compiled by the driver) on anything from 8.0."""
+    code = built_code()
+    if info.arch_specific:
+        return ("sm", "90a") in code and capability == (9, 0)
+    return ((capability[0] == 8 and ("sm", "80") in code) or (capability == (9, 0) and ("sm", "90a") in code)
+            or ("compute", "80") in code)
+
+
 def _fits(kernel: str, dev: dict, fp8_cache: bool = False) -> bool:
     info = kernel_info(kernel)
     runs = dev["capability"] == info.min_capability if info.arch_specific else dev["capability"] >= info.min_capability
-    return runs and info.smem_bytes <= dev["smem_per_block"] and (info.takes_fp8_cache or not fp8_cache)
+    return (runs and _build_runs(info, dev["capability"]) and info.smem_bytes <= dev["smem_per_block"]
+            and (info.takes_fp8_cache or not fp8_cache))
 
 
 def _choose_kernel(rows_per_kv_head: int, dev: dict, fp8_cache: bool = False) -> str:
@@ -92,6 +123,13 @@ def _choose_kernel(rows_per_kv_head: int, dev: dict, fp8_cache: bool = False) ->
     # also fit GPUs with ~100 KB of shared memory per block (sm_86/sm_89).
     if rows_per_kv_head > 16 and _fits("sm80_m64", dev, fp8_cache):
         return "sm80_m64"
+    if not _build_runs(kernel_info("sm80_m16"), dev["capability"]):
+        major, minor = dev["capability"]
+        code = ", ".join(f"{kind}_{arch}" for kind, arch in built_code())
+        raise UnsupportedDeviceError(
+            f"this build of flash_mla_backend holds {code} code, none of which runs on compute capability "
+            f"{major}.{minor}; reinstall with TORCH_CUDA_ARCH_LIST naming {major}.{minor} (or unset)"
+        )
     return "sm80_m16"
 
 

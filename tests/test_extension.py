@@ -1,6 +1,8 @@
 """The compiled extension as seen from Python: fake implementations for tracing, the error when
 it is missing, and the planner's view of the kernels (CPU)."""
 
+import re
+
 import pytest
 import torch
 
@@ -31,12 +33,37 @@ def test_ops_have_fake_implementations_for_tracing():
 
 def test_missing_extension_raises_with_the_reason(monkeypatch):
     monkeypatch.setattr(_ops, "_load_error", ImportError("libc10.so: cannot open shared object file"))
-    with pytest.raises(fmb.ExtensionNotBuiltError, match="import failed: libc10.so"):
-        fmb.check_extension()
-    monkeypatch.setenv(_ops.SKIP_BUILD_ENV, "1")
+    monkeypatch.setattr(_ops, "explain_load_error", lambda error, package_dir: f"diagnosed: {error}")
     _plan.kernel_info.cache_clear()  # what earlier tests planned must not hide the missing kernels
-    with pytest.raises(fmb.ExtensionNotBuiltError, match="skipped at install time"):
+    with pytest.raises(fmb.ExtensionNotBuiltError, match="not available: diagnosed: libc10.so"):
         fmb.get_mla_metadata(torch.ones(2, dtype=torch.int32), 16, 1)
+
+
+def _package(root, *, checkout, built):
+    package = root / "flash_mla_backend"
+    package.mkdir(parents=True)
+    if checkout:
+        (root / "setup.py").write_text("")
+    if built:
+        (package / "_C.cpython-311-x86_64-linux-gnu.so").write_text("")
+    return str(package)
+
+
+@pytest.mark.parametrize(
+    "checkout, built, error, expected",
+    [
+        (True, False, "cannot import name '_C'", r"from the source checkout .* holds no built kernels.*"
+                                                  r"pip install --no-build-isolation -e \."),
+        (False, False, "No module named 'flash_mla_backend._C'", "no compiled kernels \\(installed with "
+                                                                  "FLASH_MLA_BACKEND_SKIP_CUDA_BUILD=1, or the build failed"),
+        (False, True, "undefined symbol: _ZN3c104cuda9SetDeviceEa", "built against another torch .* binary interface"),
+        (True, True, "libcudart.so.13: cannot open shared object file", "importing .*_C.* failed: libcudart"),
+    ],
+    ids=["checkout-shadows", "no-kernels-installed", "abi-mismatch", "other"],
+)
+def test_load_error_is_explained_with_its_fix(tmp_path, checkout, built, error, expected):
+    explanation = _ops.explain_load_error(ImportError(error), _package(tmp_path, checkout=checkout, built=built))
+    assert re.search(expected, explanation), explanation
 
 
 @needs_extension
@@ -97,3 +124,36 @@ def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch):
 def test_fp8_num_parts_matches_the_fp8_schedule(rows):
     md, _ = fmb.get_mla_metadata(torch.full((3,), 100, dtype=torch.int32), rows, 1, is_fp8_kvcache=True)
     assert md.shape[0] == fmb.mla_metadata_num_parts(rows, 1, "cpu", is_fp8_kvcache=True)
+
+
+DEFAULT_CODE = (("sm", "80"), ("sm", "90a"), ("compute", "80"))  # setup.py without TORCH_CUDA_ARCH_LIST
+
+
+@needs_extension
+def test_build_info_records_this_torch_and_the_code():
+    info = _plan.build_info()
+    assert info.torch_version == torch.__version__ and info.cuda_version == torch.version.cuda
+    assert set(info.code) <= set(DEFAULT_CODE) and info.code
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    "code, capability, kernel",
+    [
+        (DEFAULT_CODE, (9, 0), "sm90"),
+        (DEFAULT_CODE, (8, 9), "sm80_m16"),
+        ([("sm", "80")], (9, 0), None),  # sm_80 machine code does not run on Hopper
+        ([("sm", "80"), ("compute", "80")], (9, 0), "sm80_m16"),  # its PTX does, through the driver
+        ([("sm", "90a")], (9, 0), "sm90"),
+        ([("sm", "90a")], (8, 0), None),
+    ],
+)
+def test_planner_uses_only_the_code_the_build_holds(monkeypatch, code, capability, kernel):
+    monkeypatch.setattr(_plan, "built_code", lambda: code)
+    dev = dict(_plan._NOMINAL_DEVICE, capability=capability, smem_per_block=101376)  # an sm_89-sized budget
+    if kernel is None:
+        with pytest.raises(fmb.UnsupportedDeviceError, match="reinstall with TORCH_CUDA_ARCH_LIST naming"):
+            _plan._choose_kernel(16, dev)
+    else:
+        dev["smem_per_block"] = _plan._NOMINAL_DEVICE["smem_per_block"] if capability == (9, 0) else 101376
+        assert _plan._choose_kernel(16, dev) == kernel

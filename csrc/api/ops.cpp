@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "api/build_info.h"
 #include "combine/combine.h"
 #include "decode/decode_kernels.h"
 #include "scheduler/mla_metadata.h"
@@ -46,6 +47,13 @@ std::vector<std::string> decode_kernels() {
 std::vector<int64_t> decode_kernel_info(c10::string_view name) {
   const DecodeKernel& k = find_decode_kernel(name);
   return {k.block_m, k.smem_bytes, k.min_cc_major, k.min_cc_minor, k.arch_specific, k.takes_fp8_cache()};
+}
+
+// What setup.py recorded at build time: torch version, torch's CUDA version, CUDA_HOME, and the
+// code held ("sm_80 sm_90a compute_80": machine code, PTX).
+std::vector<std::string> build_info() {
+  return {FLASH_MLA_BACKEND_BUILT_WITH_TORCH, FLASH_MLA_BACKEND_BUILT_WITH_CUDA, FLASH_MLA_BACKEND_BUILT_WITH_CUDA_HOME,
+          FLASH_MLA_BACKEND_BUILT_CODE};
 }
 
 DecodeInputs decode_inputs(at::ScalarType q, at::ScalarType k_cache) {
@@ -199,6 +207,7 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
 TORCH_LIBRARY(flash_mla_backend, m) {
   m.def("decode_kernels() -> str[]", &decode_kernels);
   m.def("decode_kernel_info(str kernel) -> int[]", &decode_kernel_info);
+  m.def("build_info() -> str[]", &build_info);
   m.def("get_mla_metadata(Tensor cache_seqlens, Tensor(a!) tile_scheduler_metadata, Tensor(b!) num_splits) -> ()");
   m.def(
       "mla_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, Tensor tile_scheduler_metadata, "
