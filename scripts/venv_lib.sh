@@ -15,16 +15,17 @@ ensure_venv() {
     fi
 }
 
-# python_version X.Y: an interpreter of that version: on the PATH, else pyenv's.
+# python_version X.Y: an interpreter of that version: pythonX.Y on the PATH, else pyenv's if
+# pyenv is installed.
 python_version() {
     local found
-    for found in "python$1" /root/.pyenv/versions/"$1".*/bin/"python$1"; do
+    for found in "python$1" $(command -v pyenv >/dev/null && echo "$(pyenv root)"/versions/"$1".*/bin/"python$1"); do
         if "$found" --version >/dev/null 2>&1; then
             echo "$found"
             return
         fi
     done
-    echo "no Python $1 found" >&2
+    echo "no Python $1 found (pythonX.Y on the PATH or a pyenv version)" >&2
     return 1
 }
 

@@ -41,7 +41,7 @@ def check_sglang_version() -> None:
     if Version(installed).base_version != SUPPORTED_SGLANG_VERSION:
         raise IncompatibleSGLangError(
             f"SGLang {installed} is installed, but this flash-mla-backend supports SGLang "
-            f"{SUPPORTED_SGLANG_VERSION} only: pip install 'flash-mla-backend[sglang]'"
+            f"{SUPPORTED_SGLANG_VERSION} only (pip install sglang=={SUPPORTED_SGLANG_VERSION})"
         )
 
 

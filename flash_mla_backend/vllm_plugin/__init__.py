@@ -46,8 +46,8 @@ def register() -> None:
     if not compat.is_supported_vllm_version(vllm_version):
         message = (
             f"flash-mla-backend {__version__} supports vLLM {compat.SUPPORTED_VLLM_VERSIONS}, not the installed "
-            f"{vllm_version}: it leaves vLLM's attention backends as they are (FLASHMLA is vLLM's own). "
-            f"pip install 'flash-mla-backend[vllm]' names the supported range"
+            f"{vllm_version}: it leaves vLLM's attention backends as they are (FLASHMLA is vLLM's own)"
+            f"; the package's [vllm] extra names the supported range"
         )
         compat.log_line(logger, logging.WARNING, message)
         return
