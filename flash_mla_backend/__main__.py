@@ -111,7 +111,9 @@ def check_decode(lines) -> bool:
     seqlens = torch.tensor([1000, 70], dtype=torch.int32, device="cuda")
     q = torch.randn(2, 1, 16, 576, generator=g, device="cuda", dtype=torch.bfloat16)
     k_cache = torch.randn(20, 64, 1, 576, generator=g, device="cuda", dtype=torch.bfloat16)
-    block_table = torch.arange(18, dtype=torch.int32, device="cuda").reshape(2, 9).flip(1).contiguous()
+    # 16 and 2 pages, in shuffled blocks
+    block_table = torch.randperm(20, generator=g, device="cuda")[:32].to(torch.int32)[:18]
+    block_table = torch.stack([block_table[:16], torch.cat([block_table[16:], block_table[:14]])])
     md, splits = fmb.get_mla_metadata(seqlens, 16, 1)
     out, lse = fmb.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, md, splits)
     want, _ = reference.mla_decode(q, k_cache, block_table, seqlens, 512)

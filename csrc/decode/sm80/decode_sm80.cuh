@@ -216,27 +216,25 @@ class DecodeCta {
   }
 
   // Starts the copy of keys [first_key, first_key + kBlockN) into key buffer `buffer` (for an
-  // FP8 cache: staging buffer `buffer`); keys at or past key_end become zeros, and so do keys
-  // whose block id lies outside the cache, which set outside_cache.
+  // FP8 cache: staging buffer `buffer`); keys at or past key_end become zeros. The keys lie in
+  // one page (first_key is a multiple of kBlockN, which divides the page): if its block id lies
+  // outside the cache, they all become zeros and outside_cache is set.
   __device__ void load_keys(int req, int first_key, int key_end, int buffer, bool& outside_cache) {
     using Stored = std::conditional_t<Cfg::kFp8Cache, uint8_t, Element>;
     constexpr int kStoredPerChunk = 16 / int(sizeof(Stored));
     constexpr int kChunks = kHeadDimQK / kStoredPerChunk;
+    static_assert(kPageSize % Cfg::kBlockN == 0, "a key block lies in one page");
+    const int block = p_.block_table[int64_t(req) * p_.block_table_batch_stride + first_key / kPageSize];
+    const bool in_cache = uint32_t(block) < uint32_t(p_.num_blocks);
+    outside_cache |= !in_cache;
     const Stored* k_cache = static_cast<const Stored*>(p_.k_cache);
-    const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
+    const Stored* page = k_cache + int64_t(block) * p_.k_block_stride + (first_key % kPageSize) * p_.k_token_stride +
+                         kv_head_ * p_.k_head_stride;
     for (int idx = threadIdx.x; idx < Cfg::kBlockN * kChunks; idx += Cfg::kThreads) {
       const int row = idx / kChunks, chunk = idx % kChunks;
-      const int key = first_key + row;
-      bool valid = key < key_end;
-      const Stored* src = k_cache;
-      if (valid) {
-        const int block = block_table[key / kPageSize];
-        const bool in_cache = uint32_t(block) < uint32_t(p_.num_blocks);
-        outside_cache |= !in_cache;
-        valid = in_cache;
-        src += int64_t(block) * p_.k_block_stride + (key % kPageSize) * p_.k_token_stride + kv_head_ * p_.k_head_stride +
-               chunk * kStoredPerChunk;
-      }
+      const bool valid = in_cache && first_key + row < key_end;
+      // (An invalid chunk reads nothing; its address is the cache's start.)
+      const Stored* src = valid ? page + row * p_.k_token_stride + chunk * kStoredPerChunk : k_cache;
       const uint32_t dst = Cfg::kFp8Cache
                                ? smem_address(fp8_staging(buffer) + row * kHeadDimQK + chunk * 16)
                                : smem_address(s_k_ + buffer * Cfg::kKElems + swizzled_offset(row, chunk));
