@@ -232,12 +232,13 @@ def test_fp8_e4m3_cache_is_accepted(run_child):
     assert result["kv_cache_dtype"] == "torch.float8_e4m3fn"
 
 
-def test_unsupported_kv_cache_is_refused_at_construction(run_child):
-    """An e5m2 cache (SGLang's fp8_e5m2) must not reach our kernels, which read e4m3."""
+def construction_error(run_child, setup):
+    """The NotImplementedError's message when SGLang's factory builds the backend for FP8_RUNNER's
+    runner after `setup` (code run first in the child), or None when it builds."""
     result, _ = run_child(
         FP8_RUNNER
+        + textwrap.dedent(setup)
         + textwrap.dedent("""
-        runner.kv_cache_dtype = torch.float8_e5m2
         try:
             ATTENTION_BACKENDS["flashmla"](runner)
             error = None
@@ -246,8 +247,14 @@ def test_unsupported_kv_cache_is_refused_at_construction(run_child):
         print(json.dumps({"error": error}))
         """)
     )
-    assert result["error"] is not None
-    assert "float8_e5m2" in result["error"] and DISABLE_ENV in result["error"]
+    return result["error"]
+
+
+def test_unsupported_kv_cache_is_refused_at_construction(run_child):
+    """An e5m2 cache (SGLang's fp8_e5m2) must not reach our kernels, which read e4m3."""
+    error = construction_error(run_child, "runner.kv_cache_dtype = torch.float8_e5m2")
+    assert error is not None
+    assert "float8_e5m2" in error and DISABLE_ENV in error
 
 
 def test_version_check_names_supported_version(monkeypatch):
@@ -282,23 +289,14 @@ def test_override_check_names_methods_sglang_lacks():
 def test_fp8_cache_with_decode_context_parallelism_is_refused(run_child):
     """SGLang's own FlashMLA refuses an FP8 cache under DCP (at its first decode); ours at
     construction, before SGLang allocates anything, saying what to change."""
-    result, _ = run_child(
-        FP8_RUNNER
-        + textwrap.dedent("""
+    error = construction_error(run_child, """
         from types import SimpleNamespace
         from flash_mla_backend.sglang_plugin import backend
 
         backend.get_parallel = lambda: SimpleNamespace(attn_dcp_size=2, dcp_enabled=True)
-        try:
-            ATTENTION_BACKENDS["flashmla"](runner)
-            error = None
-        except NotImplementedError as exc:
-            error = str(exc)
-        print(json.dumps({"error": error}))
-        """)
-    )
-    assert result["error"] is not None
-    assert "does not support decode context parallelism (--dcp-size 2) with an FP8 KV cache" in result["error"]
+    """)
+    assert error is not None
+    assert "does not support decode context parallelism (--dcp-size 2) with an FP8 KV cache" in error
 
 
 STAY_OUT_CHILD = """
