@@ -1,5 +1,5 @@
 """Decode benchmark: `python -m flash_mla_backend.bench [--kernels auto|all|NAME,...] [--kv-cache bf16,fp8]
-[--compare MODULE,...] [--json FILE]`.
+[--compare MODULE,...] [--rows I,...] [--json FILE] [--plot FILE.png]`.
 
 Times the whole call (decode kernel + combine; the schedule is computed once and reused, as a
 server reuses it across layers) by CUDA-graph replay, median of repeats, and reports TFLOP/s and
@@ -188,6 +188,38 @@ def bench_config(kernel, kv_cache, config, peers):
     return result
 
 
+def plot_roofline(path, results, ceilings, peer_names):
+    """A roofline (TFLOP/s against FLOP per byte, both logarithmic) of ours and each peer per row,
+    under the read-bandwidth and bf16-matmul ceilings measured in the same run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SystemExit(f"--plot needs matplotlib (pip install matplotlib): {error}") from error
+    read_tbps, matmul_tflops = ceilings["read_tbps"], ceilings["matmul_tflops"]
+    intensity = [r.tflops / r.gbps * 1e3 for r in results]  # FLOP per byte
+    lo, hi = min(intensity) / 2, max(intensity) * 2
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    ax.plot(xs, [min(read_tbps * x, matmul_tflops) for x in xs], color="black",
+            label=f"ceiling: read {read_tbps:.2f} TB/s, bf16 matmul {matmul_tflops:.0f} TFLOP/s")
+    ax.scatter(intensity, [r.tflops for r in results], marker="o", label="flash_mla_backend", zorder=3)
+    for marker, name in zip("s^vDP*", peer_names):
+        points = [(x, r.tflops * r.us / r.peers[name].us) for x, r in zip(intensity, results) if name in r.peers]
+        ax.scatter(*zip(*points), marker=marker, label=name, zorder=3)
+    for x, r in zip(intensity, results):
+        ax.annotate(f"{r.b}x{r.s_q}x{r.s_k}x{r.h_q}{' ' + r.kv_cache if r.kv_cache != 'bf16' else ''}", (x, r.tflops),
+                    fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel="FLOP per byte (docs/benchmarks.md formulas)", ylabel="TFLOP/s",
+           title=f"MLA decode on {torch.cuda.get_device_name() if torch.cuda.is_available() else 'the GPU'}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
 def check_device():
     """A message for the user, or None when a GPU and the extension are there to benchmark."""
     if not torch.cuda.is_available():
@@ -217,6 +249,7 @@ def main(argv=None):
     parser.add_argument("--compare", default="", help="comma-separated peer modules with FlashMLA's API")
     parser.add_argument("--rows", help="comma-separated indices into the configuration list (default: all)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="draw a roofline of the results into this PNG file (needs matplotlib)")
     args = parser.parse_args(argv)
 
     problem = check_device()
@@ -255,6 +288,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
                        "peers": names, "ceilings": ceilings, "results": [asdict(r) for r in results]}, f, indent=1)
+    if args.plot:
+        plot_roofline(args.plot, results, ceilings, names)
     return 0
 
 
