@@ -17,7 +17,7 @@
 #               TRITON_MLA against our FLASHMLA, token by token; E2E_SPAWN=1 runs the engine core
 #               in a spawned process, which must load our plugin itself
 # Build-time packages the machine lacks (nvidia-cutlass) come from wheels in .whl/ if present;
-# .device/ is made by scripts/prepare_device_bundles.sh (docs/vllm.md says what to carry when).
+# .device/ is made by scripts/prepare_device_bundles.sh (docs/gpu-host.md says what to carry when).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-results}"

@@ -3,7 +3,7 @@
 # network, so this runs here (it downloads from PyPI), and the run tool carries the folders over.
 #   .device/vllm-bundle  Python-only vLLM 0.26.0: tests/vllm_plugin on the GPU   (shared/tools/vllm-gpu-bundle)
 #   .device/vllm-e2e     vLLM 0.26.0's offline engine: end-to-end check  (shared/tools/vllm-gpu-e2e)
-# A folder that exists is kept; delete it to rebuild. docs/vllm.md says how the GPU host uses them.
+# A folder that exists is kept; delete it to rebuild. docs/gpu-host.md says how the GPU host uses them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
