@@ -25,6 +25,19 @@ __device__ __forceinline__ bool part_matches_lengths(const DecodeParams& p, cons
   return sum == uint32_t(part.length_fingerprint);
 }
 
+// part_matches_lengths for a CTA's part, computed the first time a request needs it and then
+// remembered. Warp-collective like it: call it at the same points in every lane of a warp.
+class PartLengthCheck {
+ public:
+  __device__ bool matches(const DecodeParams& p, const SchedulerPart& part) {
+    if (state_ < 0) state_ = part_matches_lengths(p, part) ? 1 : 0;
+    return state_ == 1;
+  }
+
+ private:
+  int state_ = -1;  // -1: not checked yet, else 0 / 1
+};
+
 // Whether the block ids of request req's pages first_page + thread, + num_threads, ... below
 // end_page all lie in [0, num_blocks): this thread's share of the check.
 __device__ __forceinline__ bool block_ids_in_cache(const DecodeParams& p, int req, int first_page, int end_page,

@@ -91,10 +91,10 @@ class DecodeCta {
 
   __device__ void run() {
     const SchedulerPart part = load_scheduler_part(p_, blockIdx.z);
-    // -1 until the part's length fingerprint is checked: each warp does it on its own (all get the
-    // same answer) while the first request's first loads are in flight. A stale schedule still
-    // walks pages inside the requests' lengths, so only the output depends on the answer.
-    int part_check = -1;
+    // The part's length fingerprint, checked by each warp on its own (all get the same answer) while
+    // the first request's first loads are in flight. A stale schedule still walks pages inside the
+    // requests' lengths, so only the output depends on the answer.
+    PartLengthCheck part_check;
     for (int req = part.begin_req; req <= part.end_req; ++req) {
       const int split = req == part.begin_req ? part.first_split : p_.num_splits[req];
       const int page_begin = req == part.begin_req ? part.begin_page : 0;
@@ -107,15 +107,10 @@ class DecodeCta {
   // Query rows of this thread's accumulator fragments: row_in_tile(0) and row_in_tile(1).
   __device__ int row_in_tile(int half) const { return 16 * row_group_ + lane_ / 4 + 8 * half; }
 
-  __device__ bool part_matches(const SchedulerPart& part, int& part_check) const {
-    if (part_check < 0) part_check = part_matches_lengths(p_, part) ? 1 : 0;
-    return part_check == 1;
-  }
-
   // A request with an invalid length reads nothing; one of a part whose lengths changed, or with
   // a block id outside the cache (never read: those keys load as zeros), gets NaN too.
   __device__ void process_request(int req, int page_begin, int page_end, int split, const SchedulerPart& part,
-                                  int& part_check) {
+                                  PartLengthCheck& part_check) {
     const int seqlen = p_.cache_seqlens[req];
     const bool valid_length = seqlen >= 0 && seqlen <= p_.max_pages * kPageSize;
     int key_begin = page_begin * kPageSize;
@@ -138,7 +133,7 @@ class DecodeCta {
       load_q(req);
       load_keys(req, key_begin, key_end, 0, blocks_outside_cache);
       cp_async_commit();
-      part_matches(part, part_check);  // while the first loads are in flight
+      part_check.matches(p_, part);  // while the first loads are in flight
       for (int block = 0; block < num_blocks; ++block) {
         if (block + 1 < num_blocks) {
           load_keys(req, key_begin + (block + 1) * Cfg::kBlockN, key_end, (block + 1) & 1, blocks_outside_cache);
@@ -163,7 +158,7 @@ class DecodeCta {
           blocks_outside_cache = __syncthreads_or(blocks_outside_cache);
       }
     }
-    const bool valid = part_matches(part, part_check) && valid_length && !blocks_outside_cache;
+    const bool valid = part_check.matches(p_, part) && valid_length && !blocks_outside_cache;
     write_result(req, split, valid, acc, row_max, row_sum);
   }
 

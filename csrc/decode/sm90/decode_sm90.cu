@@ -218,18 +218,8 @@ class DecodeCta {
         for (int page = range.begin; page < range.end; ++page, ++g)
           attend_page(page, g, seqlen, key_limit, acc, row_max, row_sum);
       }
-      write_result(req, part_matches() && valid, acc, row_max, row_sum);
+      write_result(req, part_check_.matches(p_, part_) && valid, acc, row_max, row_sum);
     }
-  }
-
-  // Whether the part's lengths are those its schedule was made from; checked once, by each warp
-  // on its own (all of them get the same answer), the first time a request needs it. A stale
-  // schedule still walks pages the producer can load safely (TMA fills coordinates outside the
-  // cache with zeros), so the math threads consume them as the producer loads them and only the
-  // output turns NaN.
-  __device__ bool part_matches() {
-    if (part_check_ < 0) part_check_ = part_matches_lengths(p_, part_) ? 1 : 0;
-    return part_check_ == 1;
   }
 
   // Q rows of this tile -> shared memory, as nine 64 x 64 pieces in the 128B-swizzle layout that
@@ -253,8 +243,11 @@ class DecodeCta {
       const uint32_t dst = q_smem_ + (chunk / 8) * kPieceBytes + row * 128 + (((chunk % 8) ^ (row % 8)) << 4);
       cp_async_16_zfill(dst, src, valid);
     }
-    // Both evaluated by every thread: part_matches() is warp-collective.
-    const bool part_valid = part_matches();
+    // Both evaluated by every thread: the part check is warp-collective. (A stale schedule still
+    // walks pages the producer can load safely, as TMA fills coordinates outside the cache with
+    // zeros, so the math threads consume them as the producer loads them; only the output turns
+    // NaN.)
+    const bool part_valid = part_check_.matches(p_, part_);
     const bool blocks_valid = block_ids_in_cache(p_, req, range.begin, range.end, tid_, kMathThreads);
     const bool inputs_valid = part_valid && blocks_valid;
     cp_async_wait_all();
@@ -476,7 +469,7 @@ class DecodeCta {
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;
   SchedulerPart part_;
   int last_token_;
-  int part_check_ = -1;  // part_matches(): -1 not checked yet, else 0 / 1
+  PartLengthCheck part_check_;  // each warp on its own; all of them get the same answer
 };
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
