@@ -28,6 +28,9 @@ differences that touch the plugin, read from both releases' source:
   choice from the current config's `attention_config.backend`, overridden per KV-cache kind by
   `attention_config.backend_per_kind` (keys "mla_attention", "sliding_window_mla" for MLA), and
   report the selected class under its own module path. `user_chose_flashmla` reads the same.
+- Workspace: both have `vllm.v1.worker.workspace` (set up by the GPU worker before the model is
+  built, locked after warm-up); 0.33 also calls an impl's `reserve_workspace()` in its memory-
+  profiling run. Our impl claims its share in `__init__` (both releases) and in that hook.
 - Logging: 0.26 sets up its "vllm" log handler when vllm.logger is imported, before any plugin
   runs; 0.33 sets it up explicitly, and in the API-server process and the `LLM()` process only
   after loading the plugins. `log_line` covers both.
