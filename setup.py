@@ -7,6 +7,8 @@
   (and the portable ones) as sm_90a code, +PTX adds compute_80 PTX. Default: all three.
 - FLASH_MLA_BACKEND_SKIP_CUDA_BUILD=1 installs the Python package alone (no nvcc needed); the
   kernels then raise a clear error at first use.
+- FLASH_MLA_BACKEND_SM90_ABLATE=<bits> (benchmark variants only, scripts/make_variant.sh) leaves
+  stages out of the sm90 kernel, which then computes wrong results (csrc/decode/sm90/ablation.h).
 
 The build writes csrc/api/build_info.h (the torch and CUDA it builds against, the code it emits),
 compiled into the extension: `python -m flash_mla_backend` reports it and the planner reads it.
@@ -24,6 +26,8 @@ import tempfile
 from setuptools import setup
 
 SKIP_ENV = "FLASH_MLA_BACKEND_SKIP_CUDA_BUILD"
+# Benchmark variants only: csrc/decode/sm90/ablation.h
+ABLATE_ENV = "FLASH_MLA_BACKEND_SM90_ABLATE"
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -126,6 +130,19 @@ def _write_build_info(code, cuda_home):
             f.write(text)
 
 
+def _ablation_flags():
+    """nvcc flags for FLASH_MLA_BACKEND_SM90_ABLATE (benchmark variants only)."""
+    ablations = os.environ.get(ABLATE_ENV, "0")
+    if not ablations.isdigit():
+        sys.exit(f"flash-mla-backend: {ABLATE_ENV}={ablations!r} must be a number (the bits of "
+                 f"csrc/decode/sm90/ablation.h)")
+    if int(ablations) == 0:
+        return []
+    print(f"flash-mla-backend: {ABLATE_ENV}={ablations}: a benchmark variant whose sm90 kernel computes wrong "
+          f"results on purpose")
+    return [f"-D{ABLATE_ENV}={int(ablations)}"]
+
+
 def _extension():
     os.environ["CUDA_HOME"] = _toolkit_root()  # before torch's build helpers look for it
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -146,6 +163,7 @@ def _extension():
     ]
     if env_flag("FLASH_MLA_BACKEND_PTXAS_VERBOSE"):
         nvcc_flags.append("-Xptxas=-v")
+    nvcc_flags += _ablation_flags()
     ext = CUDAExtension(
         name="flash_mla_backend._C",
         sources=sources,

@@ -5,7 +5,8 @@
 #   build       compile and install the package (editable) into the machine's python3
 #   test        the kernels' GPU tests (pytest -m gpu, plugin tests apart)
 #   bench       python -m flash_mla_backend.bench (BENCH_ARGS: its arguments, default none)
-#   variants    builds each .variants/NAME (scripts/make_variant.sh: an older revision, renamed)
+#   variants    builds every .variants/NAME at once (scripts/make_variant.sh: an older revision,
+#               renamed, or a stage-ablated build)
 #   compare     the benchmark with peers in the same process: every built .variants/NAME and, if
 #               .peers/flash_mla is there (../shared/tools/anchors), upstream FlashMLA
 #               (COMPARE_ARGS: further benchmark arguments, default --kv-cache bf16)
@@ -63,11 +64,20 @@ for stage in $stages; do
       run_stage bench python3 -m flash_mla_backend.bench --json "$OUT/bench.json" ${BENCH_ARGS:-}
       ;;
     variants)
-      for variant in .variants/*/; do
-        [ -d "$variant" ] || continue
-        (cd "$variant" && MAX_JOBS="${MAX_JOBS:-16}" run_stage "variant-$(basename "$variant")" \
-          python3 setup.py build_ext --inplace) || status=1
+      # All at once, sharing the cores (one build leaves most of them idle while its largest file
+      # compiles); a variant's build.env (make_variant.sh) holds its build settings.
+      variants=(.variants/*/)
+      [ -d "${variants[0]}" ] || continue
+      jobs=$(( (${MAX_JOBS:-16} + ${#variants[@]} - 1) / ${#variants[@]} ))
+      for variant in "${variants[@]}"; do
+        (
+          cd "$variant" || exit 1
+          if [ -f build.env ]; then set -a; . ./build.env; set +a; fi
+          MAX_JOBS=$jobs run_stage "variant-$(basename "$variant")" python3 setup.py build_ext --inplace >/dev/null
+        ) &
       done
+      for job in $(jobs -p); do wait "$job" || status=1; done
+      for variant in "${variants[@]}"; do tail -n 1 "$OUT/variant-$(basename "$variant").log"; done
       ;;
     compare)
       peers=() paths=()

@@ -23,7 +23,7 @@ OUT_RTOL = 1e-2
 LSE_ATOL = 1e-3
 VICTIM = 3
 S_Q, H_Q = 2, 32  # 64 query rows per KV head: one 64-row tile, four 16-row tiles
-MISUSES = ("block-past-end", "negative-block", "huge-block", "stale-schedule")
+MISUSES = ("block-past-end", "negative-block", "huge-block", "last-block-past-end", "stale-schedule")
 
 
 def make_case(cache, seed):
@@ -53,9 +53,12 @@ def break_request(p, misuse):
                 nan.update(range(begin, end + 1))
         assert VICTIM in nan
         return md, splits, nan
-    page = {"block-past-end": 2, "negative-block": 1, "huge-block": 0}[misuse]
-    p.block_table[VICTIM, page] = {"block-past-end": num_blocks, "negative-block": -5,
-                                   "huge-block": 2**31 - 1}[misuse]
+    # The last case breaks the request's last page, read by the last of its splits (the others are
+    # early pages of the first split).
+    last_page = (int(p.cache_seqlens[VICTIM]) - 1) // 64
+    page = {"block-past-end": 2, "negative-block": 1, "huge-block": 0, "last-block-past-end": last_page}[misuse]
+    p.block_table[VICTIM, page] = {"block-past-end": num_blocks, "negative-block": -5, "huge-block": 2**31 - 1,
+                                   "last-block-past-end": num_blocks + 7}[misuse]
     md, splits = schedule(p, p.cache_seqlens)
     return md, splits, {VICTIM}
 

@@ -1,4 +1,5 @@
-"""setup.py's build choices (CPU): the toolkit it finds and the code TORCH_CUDA_ARCH_LIST asks for."""
+"""setup.py's build choices (CPU): the toolkit it finds, the code TORCH_CUDA_ARCH_LIST asks for, and the
+sm90 ablation bits of benchmark variants."""
 
 import os
 import shutil
@@ -63,3 +64,18 @@ def test_no_toolkit_is_a_clear_error(setup_module, monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_HOME", str(tmp_path))
     with pytest.raises(SystemExit, match="holds no CUDA toolkit"):
         setup_module["_toolkit_root"]()
+
+
+def test_ablation_bits_become_one_define(setup_module, monkeypatch):
+    monkeypatch.delenv("FLASH_MLA_BACKEND_SM90_ABLATE", raising=False)
+    assert setup_module["_ablation_flags"]() == []
+    monkeypatch.setenv("FLASH_MLA_BACKEND_SM90_ABLATE", "0")
+    assert setup_module["_ablation_flags"]() == []
+    monkeypatch.setenv("FLASH_MLA_BACKEND_SM90_ABLATE", "6")
+    assert setup_module["_ablation_flags"]() == ["-DFLASH_MLA_BACKEND_SM90_ABLATE=6"]
+
+
+def test_ablation_bits_that_are_no_number_are_an_error(setup_module, monkeypatch):
+    monkeypatch.setenv("FLASH_MLA_BACKEND_SM90_ABLATE", "no-qk")
+    with pytest.raises(SystemExit, match="FLASH_MLA_BACKEND_SM90_ABLATE='no-qk' must be a number"):
+        setup_module["_ablation_flags"]()

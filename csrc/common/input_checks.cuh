@@ -1,6 +1,6 @@
 // Checks of what the host cannot check without a synchronisation: that a schedule was made from
-// the lengths the decode is given, and that the block ids a request reads lie in the cache. The
-// decode kernels give the requests that fail NaN (see decode/decode_kernels.h).
+// the lengths the decode is given. (The block ids a request reads are checked where each kernel
+// reads them.) The decode kernels give the requests that fail NaN (see decode/decode_kernels.h).
 #pragma once
 
 #include "common/decode_params.h"
@@ -37,16 +37,5 @@ class PartLengthCheck {
  private:
   int state_ = -1;  // -1: not checked yet, else 0 / 1
 };
-
-// Whether the block ids of request req's pages first_page + thread, + num_threads, ... below
-// end_page all lie in [0, num_blocks): this thread's share of the check.
-__device__ __forceinline__ bool block_ids_in_cache(const DecodeParams& p, int req, int first_page, int end_page,
-                                                   int thread, int num_threads) {
-  const int* block_table = p.block_table + int64_t(req) * p.block_table_batch_stride;
-  bool in_cache = true;
-  for (int page = first_page + thread; page < end_page; page += num_threads)
-    in_cache &= uint32_t(block_table[page]) < uint32_t(p.num_blocks);
-  return in_cache;
-}
 
 }  // namespace flash_mla_backend

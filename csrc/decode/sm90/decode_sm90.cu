@@ -6,8 +6,9 @@
 //   - warpgroups 0 and 1 (warps 0-7): math, 232 registers per thread after setmaxnreg;
 //   - warpgroup 2: the producer (40 registers); its first thread walks the part's pages and loads
 //     each 64 x 576 page as nine 64 x 64 pieces (128B-swizzled, 8 KB each) into one of two page
-//     buffers. (A lone producer warp would cost as many registers: ptxas sizes the register
-//     budget by whole warpgroups.)
+//     buffers, flagging pages whose block id lies outside the cache; its second warp checks the
+//     part's length fingerprint. (A lone producer warp would cost as many registers: ptxas sizes
+//     the register budget by whole warpgroups.) Both checks stay off the math warpgroups' path.
 //
 // Per page, both math warpgroups work in lockstep:
 //   1. S = Q . K^T for all 64 keys of the page, warpgroup w over k-steps 18w..18w+17 of the 576
@@ -39,6 +40,7 @@
 
 #include "common/input_checks.cuh"
 #include "common/row_output.cuh"
+#include "decode/sm90/ablation.h"
 #include "decode/sm90/ptx_sm90.cuh"
 
 namespace flash_mla_backend {
@@ -69,7 +71,10 @@ struct Smem {
   static constexpr int kRowSum = kRowMax + 2 * kBlockM * 4;        // float [2][64]
   static constexpr int kFullBar = kRowSum + 2 * kBlockM * 4;       // uint64 [kStages][9]
   static constexpr int kEmptyBar = kFullBar + kStages * kPiecesQK * 8;  // uint64 [kStages]
-  static constexpr int kEnd = kEmptyBar + kStages * 8;
+  static constexpr int kPartCheckBar = kEmptyBar + kStages * 8;        // uint64: the part check is done
+  static constexpr int kPartMatches = kPartCheckBar + 8;               // uint32: its answer (0 / 1)
+  static constexpr int kBadBlock = kPartMatches + 4;  // uint32 [kStages]: the buffer's block id is outside the cache
+  static constexpr int kEnd = kBadBlock + kStages * 4;
   static constexpr int kAlign = 1024;
   static constexpr int kBytes = kEnd + kAlign;  // the slack lets the kernel align the base itself
 };
@@ -81,6 +86,7 @@ static_assert(Smem::kBytes <= 227 * 1024, "must fit the 227 KB a block can opt i
 constexpr int kMathRegisters = 232;
 constexpr int kProducerRegisters = 40;
 constexpr int kMathBarrier = 1;                          // named barrier of the 256 math threads
+constexpr int kPartCheckWarp = kMathThreads / 32 + 1;    // the producer warpgroup's second warp
 constexpr int kPiecesV = kHeadDimV / kPieceCols;         // 8: the value columns
 constexpr int kValueColsPerWarpgroup = kHeadDimV / 2;    // 256
 constexpr int kKeysPerWarpgroup = kPageSize / 2;         // 32
@@ -104,6 +110,9 @@ class DecodeCta {
         x_smem_(base + Smem::kX),
         full_bar_(base + Smem::kFullBar),
         empty_bar_(base + Smem::kEmptyBar),
+        part_check_bar_(base + Smem::kPartCheckBar),
+        part_matches_(reinterpret_cast<volatile uint32_t*>(base_ptr + Smem::kPartMatches)),
+        bad_block_(reinterpret_cast<volatile uint32_t*>(base_ptr + Smem::kBadBlock)),
         row_max_(reinterpret_cast<float*>(base_ptr + Smem::kRowMax)),
         row_sum_(reinterpret_cast<float*>(base_ptr + Smem::kRowSum)),
         m_block_(blockIdx.x),
@@ -121,6 +130,7 @@ class DecodeCta {
     if (tid_ == 0) {
       for (int i = 0; i < kStages * kPiecesQK; ++i) mbarrier_init(full_bar_ + 8 * i, 1);
       for (int i = 0; i < kStages; ++i) mbarrier_init(empty_bar_ + 8 * i, kMathThreads);
+      mbarrier_init(part_check_bar_, 1);
       mbarrier_init_fence();
     }
     fence_proxy_async_smem();
@@ -130,6 +140,7 @@ class DecodeCta {
     if (wg_ == 2) {
       setmaxnreg_dec<kProducerRegisters>();
       if (tid_ == kMathThreads) produce();
+      if (warp_ == kPartCheckWarp) check_part();
     } else {
       setmaxnreg_inc<kMathRegisters>();
       consume();
@@ -163,6 +174,9 @@ class DecodeCta {
   // Producer: one thread. Page g of the part goes to buffer g % 2; before reusing a buffer it
   // waits until all 256 math threads have released the page that was there (g - 2).
   // ------------------------------------------------------------------------------------------
+  // A block id outside the cache is still loaded (TMA fills coordinates outside the tensor with
+  // zeros), so the math threads walk the same pages as ever; the buffer's flag, written before
+  // the pieces' barriers are armed (their arrival releases it), makes the request NaN.
   __device__ void produce() {
     prefetch_tensormap(kv_map_);
     int g = 0;
@@ -170,9 +184,10 @@ class DecodeCta {
       const PageRange range = page_range(req);
       const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
       for (int page = range.begin; page < range.end; ++page, ++g) {
-        const int block = block_table[page];
+        const int block = block_table[ablated(kL2OnlyLoads) ? range.begin : page];
         const int slot = g % kStages;
         if (g >= kStages) mbarrier_wait(empty_bar(slot), uint32_t((g / kStages - 1) & 1));
+        bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
         const uint32_t dst = kv_slot(slot);
 #pragma unroll 1
         for (int piece = 0; piece < kPiecesQK; ++piece) {
@@ -184,6 +199,16 @@ class DecodeCta {
                       kv_tokens_inner_ ? kv_head_ : 0, block);
         }
       }
+    }
+  }
+
+  // One producer warp: whether the part's requests have the lengths the schedule was made from,
+  // published through an mbarrier that the math threads wait on before their first output.
+  __device__ void check_part() {
+    const bool matches = part_matches_lengths(p_, part_);
+    if (lane_ == 0) {
+      *part_matches_ = matches ? 1u : 0u;
+      mbarrier_arrive(part_check_bar_);
     }
   }
 
@@ -207,7 +232,7 @@ class DecodeCta {
       float row_sum[2] = {0.f, 0.f};                      // this thread's partial sums
 
       if (range.end > range.begin) {
-        valid &= load_q_and_check_inputs(req, range);
+        load_q(req);
         // Keys visible to this thread's two rows: [0, key_limit).
         int key_limit[2];
 #pragma unroll
@@ -216,18 +241,17 @@ class DecodeCta {
           key_limit[h] = p_.causal ? min(seqlen, seqlen - p_.s_q + token + 1) : seqlen;
         }
         for (int page = range.begin; page < range.end; ++page, ++g)
-          attend_page(page, g, seqlen, key_limit, acc, row_max, row_sum);
+          valid &= attend_page(page, g, seqlen, key_limit, acc, row_max, row_sum);
       }
-      write_result(req, part_check_.matches(p_, part_) && valid, acc, row_max, row_sum);
+      mbarrier_wait(part_check_bar_, 0);  // returns at once after the first request
+      write_result(req, *part_matches_ != 0 && valid, acc, row_max, row_sum);
     }
   }
 
   // Q rows of this tile -> shared memory, as nine 64 x 64 pieces in the 128B-swizzle layout that
   // TMA produces for K (16-byte chunk c of row r at r * 128 + ((c ^ (r % 8)) * 16)). Rows past
-  // rows_per_kv_head are zero and never written out. While Q is in flight the math threads check
-  // the block ids of the request's pages in the range (and the part's length fingerprint); the
-  // barrier that publishes Q also tells every thread whether all of them passed.
-  __device__ bool load_q_and_check_inputs(int req, PageRange range) {
+  // rows_per_kv_head are zero and never written out.
+  __device__ void load_q(int req) {
     const Element* q = static_cast<const Element*>(p_.q) + int64_t(req) * p_.q_batch_stride;
 #pragma unroll 6
     for (int i = 0; i < kBlockM * kQChunksPerRow / kMathThreads; ++i) {
@@ -243,16 +267,9 @@ class DecodeCta {
       const uint32_t dst = q_smem_ + (chunk / 8) * kPieceBytes + row * 128 + (((chunk % 8) ^ (row % 8)) << 4);
       cp_async_16_zfill(dst, src, valid);
     }
-    // Both evaluated by every thread: the part check is warp-collective. (A stale schedule still
-    // walks pages the producer can load safely, as TMA fills coordinates outside the cache with
-    // zeros, so the math threads consume them as the producer loads them; only the output turns
-    // NaN.)
-    const bool part_valid = part_check_.matches(p_, part_);
-    const bool blocks_valid = block_ids_in_cache(p_, req, range.begin, range.end, tid_, kMathThreads);
-    const bool inputs_valid = part_valid && blocks_valid;
     cp_async_wait_all();
     fence_proxy_async_smem();  // the generic-proxy writes above are read by wgmma next
-    return !named_barrier_or(kMathBarrier, kMathThreads, !inputs_valid);
+    named_barrier_sync(kMathBarrier, kMathThreads);
   }
 
   // Partial S[64 x 64] over k-steps 18 W .. 18 W + 17 (16 columns each) of the page in `kv`,
@@ -267,13 +284,19 @@ class DecodeCta {
       const int piece = step / 4;
       if (t == 0 || step % 4 == 0) mbarrier_wait(full_bar(slot, piece), parity);
       const uint32_t col_bytes = uint32_t(piece * kPieceBytes + (step % 4) * 32);
-      Mma::m64n64k16_kk(sp, make_smem_desc(q_smem_ + col_bytes, 16, 1024), make_smem_desc(kv + col_bytes, 16, 1024));
+      if constexpr (!ablated(kNoScoreMma))
+        Mma::m64n64k16_kk(sp, make_smem_desc(q_smem_ + col_bytes, 16, 1024), make_smem_desc(kv + col_bytes, 16, 1024));
     }
     wgmma_commit();
     wgmma_wait<0>();
   }
 
-  __device__ void attend_page(int page, int g, int seqlen, const int (&key_limit)[2], float (&acc)[128],
+  // exp2 of a base-2 score minus its row's maximum (a stand-in without the exp2 in the kNoExp2
+  // ablation).
+  __device__ static float probability(float x) { return ablated(kNoExp2) ? x + 1.f : exp2f(x); }
+
+  // Returns whether the page's block id lies in the cache (the producer's flag).
+  __device__ bool attend_page(int page, int g, int seqlen, const int (&key_limit)[2], float (&acc)[128],
                               float (&row_max)[2], float (&row_sum)[2]) {
     const int slot = g % kStages;
     const uint32_t parity = uint32_t((g / kStages) & 1);
@@ -292,6 +315,9 @@ class DecodeCta {
     else
       partial_scores<1>(sp, slot, parity, kv);
     fence_operands(sp);
+    // Written before the pieces waited on above were armed; rewritten only after this thread
+    // releases the buffer.
+    const bool block_in_cache = bad_block_[slot] == 0;
 
     // 1b. Sum the partials: each warpgroup keeps the full scores of its 32 keys (accumulator
     //     groups 4 wg_ .. 4 wg_ + 3 of the m64n64 layout, i.e. v1's 16 registers) and hands the
@@ -372,8 +398,8 @@ class DecodeCta {
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float p0 = exp2f(s[4 * j + 2 * h] - reference[h]);
-        const float p1 = exp2f(s[4 * j + 2 * h + 1] - reference[h]);
+        const float p0 = probability(s[4 * j + 2 * h] - reference[h]);
+        const float p1 = probability(s[4 * j + 2 * h + 1] - reference[h]);
         tile_sum[h] += p0 + p1;
         const int row = row_of(h);
         const int chunk = (wg_ * (kKeysPerWarpgroup / 8) + j) ^ (row % 8);
@@ -418,7 +444,7 @@ class DecodeCta {
     fence_operands(acc);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kPageSize / 16; ++kk) {
+    for (int kk = 0; kk < (ablated(kNoValueMma) ? 0 : kPageSize / 16); ++kk) {
       const uint64_t desc_p = make_smem_desc(rope + kk * 32, 16, 1024);
       // V rows kk*16.., columns from piece 4 * wg_: 64-column chunks one piece apart (LBO),
       // 8-row groups 1024 bytes apart (SBO).
@@ -429,6 +455,7 @@ class DecodeCta {
     wgmma_wait<0>();
     fence_operands(acc);
     mbarrier_arrive(empty_bar(slot));  // this thread is done with the page buffer
+    return block_in_cache;
   }
 
   __device__ void write_result(int req, bool valid, const float (&acc)[128], const float (&row_max)[2],
@@ -463,13 +490,14 @@ class DecodeCta {
   const DecodeParams& p_;
   const CUtensorMap* const kv_map_;
   const bool kv_tokens_inner_;  // the map's dimension 1 is the token (else the kv head)
-  const uint32_t q_smem_, kv_smem_, x_smem_, full_bar_, empty_bar_;
+  const uint32_t q_smem_, kv_smem_, x_smem_, full_bar_, empty_bar_, part_check_bar_;
+  volatile uint32_t* const part_matches_;
+  volatile uint32_t* const bad_block_;
   float* const row_max_;
   float* const row_sum_;
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;
   SchedulerPart part_;
   int last_token_;
-  PartLengthCheck part_check_;  // each warp on its own; all of them get the same answer
 };
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

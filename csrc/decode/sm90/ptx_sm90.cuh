@@ -192,22 +192,6 @@ __device__ __forceinline__ void named_barrier_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
-// The same barrier, also OR-ing `pred` over the `count` threads: each of them gets the result.
-__device__ __forceinline__ bool named_barrier_or(int id, int count, bool pred) {
-  uint32_t result;
-  asm volatile(
-      "{\n"
-      "  .reg .pred p, q;\n"
-      "  setp.ne.u32 p, %1, 0;\n"
-      "  bar.red.or.pred q, %2, %3, p;\n"
-      "  selp.u32 %0, 1, 0, q;\n"
-      "}\n"
-      : "=r"(result)
-      : "r"(uint32_t(pred)), "r"(id), "r"(count)
-      : "memory");
-  return result != 0;
-}
-
 // 16-byte cp.async with zero fill: writes zeros and reads nothing when `valid` is false.
 __device__ __forceinline__ void cp_async_16_zfill(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
