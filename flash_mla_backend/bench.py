@@ -1,5 +1,5 @@
 """Decode benchmark: `python -m flash_mla_backend.bench [--kernels auto|all|NAME,...] [--kv-cache bf16,fp8]
-[--compare MODULE,...] [--rows I,...] [--json FILE] [--plot FILE.png]`.
+[--compare MODULE,...] [--compare-fp8 MODULE,...] [--rows I,...] [--json FILE] [--plot FILE.png]`.
 
 Times the whole call (decode kernel + combine; the schedule is computed once and reused, as a
 server reuses it across layers) by CUDA-graph replay, median of repeats, and reports TFLOP/s and
@@ -16,6 +16,11 @@ either explicit tensors or FlashMLA's lazily filled schedule (with num_splits No
 softmax_scale, causal)`. Peers take the bf16 rows; a peer that is a build of this package (it
 has FP8_DTYPE, e.g. an older revision made by scripts/make_variant.sh) takes the FP8 rows too,
 with the same kernel forced.
+
+--compare-fp8 names peers for the FP8 rows only that take the same API with the 16-bit q and
+cache and quantise them themselves (../shared/tools/peers/vllm_flashmla_fp8.py: vLLM's FP8
+FlashMLA, e4m3 q and cache). FP8 rows then also time ours on the 16-bit cache ("ours_bf16"), so
+that they show ours FP8 against the FP8 peer and against our own 16-bit decode.
 """
 
 import argparse
@@ -125,13 +130,17 @@ def measure_ceilings():
     }
 
 
+def row_seqlens(b, s_q, s_k, varlen, generator):
+    """A row's cache_seqlens (CPU): ~ normal(s_k, s_k / 2), at least s_q, when varlen; else s_k."""
+    if varlen:
+        return torch.normal(float(s_k), s_k / 2, (b,), generator=generator).round().clamp(min=s_q).to(torch.int32)
+    return torch.full((b,), s_k, dtype=torch.int32)
+
+
 def make_inputs(b, s_q, s_k, h_q, varlen, seed=0):
     """bf16 q and cache; the FP8 rows quantise this cache (scale 1, the randn values fit e4m3)."""
     g = torch.Generator().manual_seed(seed)
-    if varlen:
-        seqlens = torch.normal(float(s_k), s_k / 2, (b,), generator=g).round().clamp(min=s_q).to(torch.int32)
-    else:
-        seqlens = torch.full((b,), s_k, dtype=torch.int32)
+    seqlens = row_seqlens(b, s_q, s_k, varlen, g)
     pages = (seqlens + 63) // 64
     max_pages = int(pages.max())
     block_table = torch.randperm(b * max_pages, generator=g).to(torch.int32).reshape(b, max_pages)
@@ -157,7 +166,10 @@ def decode_call(module, q, k_cache, block_table, seqlens, causal, descale_k):
                                                  causal=causal, out=out, descale_k=descale_k)[0]
 
 
-def bench_config(kernel, kv_cache, config, peers):
+OURS_BF16 = "ours_bf16"  # the FP8 rows' timing of ours on the 16-bit cache
+
+
+def bench_config(kernel, kv_cache, config, peers, fp8_peers=()):
     b, s_q, s_k, h_q, varlen, causal = config
     q, k_cache, block_table, seqlens = make_inputs(b, s_q, s_k, h_q, varlen)
     fp8 = kv_cache == "fp8"
@@ -171,6 +183,10 @@ def bench_config(kernel, kv_cache, config, peers):
     ours = decode_call(fmb, q, cache, block_table, seqlens, causal, descale_k)
     contenders = [ours] + [decode_call(m, q, cache if fp8 else k_cache, block_table, seqlens, causal, descale_k)
                            for m in peers]
+    names = [m.__name__ for m in peers]
+    if fp8:
+        contenders += [decode_call(m, q, k_cache, block_table, seqlens, causal, None) for m in (fmb, *fp8_peers)]
+        names += [OURS_BF16] + [m.__name__ for m in fp8_peers]
     order = list(range(len(contenders)))
     times = [[] for _ in contenders]
     for i in order + order[::-1]:  # A B B A: drift between the two halves cancels
@@ -182,9 +198,9 @@ def bench_config(kernel, kv_cache, config, peers):
     bytes_moved = b * s_q * h_q * 576 * 2 + b * mean_len * 576 * cache.element_size() + b * s_q * h_q * 512 * 2
     result = Result(kernel, kv_cache, b, s_q, s_k, h_q, varlen, causal, us[0], flop / us[0] / 1e6,
                     bytes_moved / us[0] / 1e3, times[0])
-    for module, fn, peer_us, peer_times in zip(peers, contenders[1:], us[1:], times[1:]):
+    for name, fn, peer_us, peer_times in zip(names, contenders[1:], us[1:], times[1:]):
         diff = ((fn().float() - reference).norm() / reference.norm()).item()
-        result.peers[module.__name__] = PeerResult(peer_us, peer_us / us[0], diff, peer_times)
+        result.peers[name] = PeerResult(peer_us, peer_us / us[0], diff, peer_times)
     return result
 
 
@@ -247,6 +263,8 @@ def main(argv=None):
                         help="'auto' (the planner's choice per row, what users get), 'all' that fit the GPU, or names")
     parser.add_argument("--kv-cache", default="bf16,fp8", help="cache dtypes to run: bf16, fp8 or both")
     parser.add_argument("--compare", default="", help="comma-separated peer modules with FlashMLA's API")
+    parser.add_argument("--compare-fp8", default="",
+                        help="comma-separated peer modules for the FP8 rows that quantise the 16-bit inputs themselves")
     parser.add_argument("--rows", help="comma-separated indices into the configuration list (default: all)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="draw a roofline of the results into this PNG file (needs matplotlib)")
@@ -257,6 +275,7 @@ def main(argv=None):
         print(f"flash_mla_backend.bench: {problem}", file=sys.stderr)
         return 2
     peers = [importlib.import_module(name) for name in args.compare.split(",") if name]
+    fp8_peers = [importlib.import_module(name) for name in args.compare_fp8.split(",") if name]
     dev = _plan._device_properties(torch.device("cuda"))
     if args.kernels == "all":
         kernels = [k for k in torch.ops.flash_mla_backend.decode_kernels() if _plan._fits(k, dev)]
@@ -264,13 +283,15 @@ def main(argv=None):
         kernels = args.kernels.split(",")
     ceilings = measure_ceilings()
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | CUDA {torch.version.cuda} | "
-          f"flash_mla_backend {fmb.__version__}" + "".join(f" | peer {m.__name__}" for m in peers))
+          f"flash_mla_backend {fmb.__version__}" + "".join(f" | peer {m.__name__}" for m in peers + fp8_peers))
     print(f"# ceilings: copy {ceilings['copy_tbps']:.2f} TB/s (read+write), read {ceilings['read_tbps']:.2f} TB/s, "
           f"bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s")
     # (kernel, cache dtype) pairs: an FP8 cache runs on the kernels that take one.
     runs = [(k, c) for c in args.kv_cache.split(",") for k in kernels
             if c == "bf16" or k == "auto" or _plan.kernel_info(k).takes_fp8_cache]
     names = [m.__name__ for m in peers]
+    if any(c == "fp8" for _, c in runs):
+        names += [OURS_BF16] + [m.__name__ for m in fp8_peers]
     print("| kernel | cache | b | s_q | s_k | h_q | varlen | causal | µs | TFLOP/s | GB/s |"
           + "".join(f" {n} µs | {n} / ours |" for n in names))
     print("|---" * (11 + 2 * len(names)) + "|")
@@ -280,7 +301,7 @@ def main(argv=None):
     for index, (config, (kernel, kv_cache)) in enumerate((c, r) for c in configs for r in runs):
         print(f"[{index + 1}/{total}] {kernel} {kv_cache} {config}", file=sys.stderr, flush=True)
         row_peers = [m for m in peers if kv_cache == "bf16" or takes_fp8(m)]
-        r = bench_config(kernel, kv_cache, config, row_peers)
+        r = bench_config(kernel, kv_cache, config, row_peers, fp8_peers)
         results.append(r)
         print(format_row(r, names), flush=True)
         torch.cuda.empty_cache()

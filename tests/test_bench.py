@@ -1,5 +1,5 @@
-"""The benchmark's parts that run without a GPU: its refusal, with the reason, where it cannot
-time anything, and the roofline drawing."""
+"""The benchmark: its refusal, with the reason, where it cannot time anything, the roofline
+drawing, and (GPU) the FP8 rows' extra contenders."""
 
 import pytest
 import torch
@@ -24,3 +24,23 @@ def test_roofline_is_drawn(tmp_path):
     path = tmp_path / "roofline.png"
     bench.plot_roofline(path, results, {"read_tbps": 4.2, "matmul_tflops": 780.0}, ["flash_mla"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.gpu
+def test_fp8_rows_time_ours_on_the_16_bit_cache_and_the_fp8_peers():
+    import types
+
+    import flash_mla_backend as fmb
+
+    # A stand-in for an FP8 peer (which would quantise the 16-bit inputs itself): this package on
+    # the 16-bit inputs, so its output must equal ours_bf16's exactly.
+    peer = types.ModuleType("stand_in_fp8_peer")
+    peer.get_mla_metadata, peer.flash_mla_with_kvcache = fmb.get_mla_metadata, fmb.flash_mla_with_kvcache
+    r = bench.bench_config("auto", "fp8", (4, 1, 300, 16, False, False), [], [peer])
+    assert list(r.peers) == [bench.OURS_BF16, "stand_in_fp8_peer"]
+    ours_bf16, stand_in = r.peers[bench.OURS_BF16], r.peers["stand_in_fp8_peer"]
+    assert stand_in.rel_diff == ours_bf16.rel_diff
+    # Ours FP8 against ours 16-bit: e4m3's 3-bit mantissa (relative step 2^-4) on N(0, 1) keys
+    # moves the output by a few percent, never by nothing.
+    assert 1e-3 < ours_bf16.rel_diff < 0.1
+    assert r.us > 0 and ours_bf16.us > 0 and len(ours_bf16.us_samples) == 2

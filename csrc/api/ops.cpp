@@ -103,6 +103,18 @@ void get_mla_metadata(const at::Tensor& cache_seqlens, const at::Tensor& tile_sc
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Runs a kernel launch; the launchers' errors (std::runtime_error) and launch failures become
+// torch errors.
+template <typename Launch>
+void launch_checked(Launch&& launch) {
+  try {
+    launch();
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, e.what());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table,
                 const at::Tensor& cache_seqlens, const at::Tensor& tile_scheduler_metadata,
                 const at::Tensor& num_splits, double softmax_scale, bool causal, c10::string_view kernel_name,
@@ -189,17 +201,13 @@ void mla_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor
   p.causal = causal && s_q > 1;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  try {
-    launch(p, stream);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, e.what());
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (out_dtype == at::kBFloat16)
-    launch_combine<__nv_bfloat16>(p, stream);
-  else
-    launch_combine<__half>(p, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_checked([&] { launch(p, stream); });
+  launch_checked([&] {
+    if (out_dtype == at::kBFloat16)
+      launch_combine<__nv_bfloat16>(p, stream);
+    else
+      launch_combine<__half>(p, stream);
+  });
 }
 
 }  // namespace

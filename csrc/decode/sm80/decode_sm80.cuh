@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "common/decode_params.h"
+#include "common/dependent_launch.cuh"
 #include "common/fp8_e4m3.h"
 #include "common/input_checks.cuh"
 #include "common/ptx_sm80.cuh"
@@ -410,6 +411,7 @@ class DecodeCta {
 template <typename Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) decode_kernel(const __grid_constant__ DecodeParams params) {
   extern __shared__ __align__(128) char smem[];
+  allow_dependent_launch();  // the combine kernel waits for this grid's completion itself
   DecodeCta<Cfg>(params, smem).run();
 }
 

@@ -38,6 +38,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/dependent_launch.cuh"
 #include "common/input_checks.cuh"
 #include "common/row_output.cuh"
 #include "decode/sm90/ablation.h"
@@ -134,6 +135,7 @@ class DecodeCta {
       mbarrier_init_fence();
     }
     fence_proxy_async_smem();
+    allow_dependent_launch();  // the combine kernel waits for this grid's completion itself
     __syncthreads();  // the last barrier of all 384 threads
     // One if/else on the warpgroup, so that setmaxnreg moves registers from the producer
     // warpgroup to the math warpgroups.
