@@ -2,8 +2,11 @@
 //
 // Every e4m3 value is a normal bf16 and a normal fp16 (3 mantissa bits, magnitudes 2^-9 to 448),
 // so the conversion loses nothing and the math after it is the 16-bit kernels' own. No step makes
-// an fp32 denormal, which the kernels' --use_fast_math would flush to zero. Host code includes
-// this header too: the unit test checks all 256 byte values against torch.
+// an fp32 denormal, which the kernels' --use_fast_math would flush to zero. Machine code for
+// sm_89 and later converts a pair with one cvt.rn.f16x2.e4m3x2 (exact, NaN kept) and, for bf16,
+// the exact fp16 -> fp32 -> bf16 steps; older machine code and the host take the arithmetic below.
+// Host code includes this header too: tests/test_fp8_conversion.py checks all 256 byte values
+// against torch on the host and, on a GPU, through both device paths.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -40,8 +43,22 @@ FMB_HOST_DEVICE float e4m3_to_float(uint32_t byte) {
 // Two e4m3 bytes (low byte first) as a packed Element pair, the layout the mma fragments use.
 template <typename Element>
 FMB_HOST_DEVICE uint32_t convert_e4m3x2(uint32_t two_bytes) {
-  const float lo = e4m3_to_float(two_bytes & 0xFFu), hi = e4m3_to_float(two_bytes >> 8);
   uint32_t packed;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t halves;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(halves) : "h"(uint16_t(two_bytes)));
+  if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
+    __half2 h;
+    memcpy(&h, &halves, sizeof(h));
+    const __nv_bfloat162 v = __float22bfloat162_rn(__half22float2(h));
+    memcpy(&packed, &v, sizeof(packed));
+  } else {
+    static_assert(std::is_same_v<Element, __half>, "bf16 or fp16");
+    packed = halves;
+  }
+  return packed;
+#else
+  const float lo = e4m3_to_float(two_bytes & 0xFFu), hi = e4m3_to_float(two_bytes >> 8);
   if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     memcpy(&packed, &v, sizeof(packed));
@@ -51,6 +68,7 @@ FMB_HOST_DEVICE uint32_t convert_e4m3x2(uint32_t two_bytes) {
     memcpy(&packed, &v, sizeof(packed));
   }
   return packed;
+#endif
 }
 
 // 16 e4m3 values (one 16-byte load) as 16 Element values (two 16-byte stores), in order.
