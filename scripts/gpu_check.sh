@@ -13,6 +13,10 @@
 #   sanitize    compute-sanitizer memcheck and racecheck on small cases of each kernel
 #   vllm-tests  tests/vllm_plugin on the GPU, against the vLLM in /tmp/site (from the e2e stage, or
 #               from .device/vllm-bundle if no vLLM is there yet)
+#   sglang-tests  tests/sglang_plugin on the GPU, against the Python-only SGLang 0.5.23 of
+#               .device/sglang-bundle (scripts/make_sglang_bundle.sh), installed into /tmp/site-sglang
+#               if no SGLang is there yet: a folder of its own, as its dependencies (pydantic,
+#               transformers 5, ...) are not the versions vLLM's bundles put into /tmp/site
 #   e2e-park    first copy of the end-to-end check: park .device/vllm-e2e/part1 in /tmp/p
 #   e2e         second copy, same machine: vLLM 0.26.0's offline engine serves a tiny DeepSeek-V2,
 #               TRITON_MLA against our FLASHMLA, token by token (E2E_BACKENDS, E2E_KV_DTYPE,
@@ -24,6 +28,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-results}"
 SITE=/tmp/site
+SGLANG_SITE=/tmp/site-sglang
 mkdir -p "$OUT"
 stages="${*:-build test bench}"
 status=0
@@ -108,6 +113,11 @@ for stage in $stages; do
       [ -d "$SITE/vllm" ] || bash .device/vllm-bundle/install.sh || exit 1
       PYTHONPATH="$SITE:$PYTHONPATH" run_stage vllm-tests python3 -m pytest -rs -m gpu tests/vllm_plugin -q \
         -p no:cacheprovider
+      ;;
+    sglang-tests)
+      [ -d "$SGLANG_SITE/sglang" ] || SITE="$SGLANG_SITE" bash .device/sglang-bundle/install.sh || exit 1
+      PYTHONPATH="$SGLANG_SITE${PYTHONPATH:+:$PYTHONPATH}" run_stage sglang-tests \
+        python3 -m pytest -rs -m gpu tests/sglang_plugin -q -p no:cacheprovider
       ;;
     e2e-park)
       mkdir -p /tmp/p && cp -r .device/vllm-e2e/part1 /tmp/p/ || exit 1

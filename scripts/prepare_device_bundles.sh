@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds, under .device/ (git-ignored), what the GPU host needs for the vLLM checks; it has no
-# network, so this runs here (it downloads from PyPI), and the run tool carries the folders over.
+# Builds, under .device/ (git-ignored), what the GPU host needs for the vLLM and SGLang checks; it
+# has no network, so this runs here (it downloads from PyPI), and the run tool carries the folders over.
 #   .device/vllm-bundle  Python-only vLLM 0.26.0: tests/vllm_plugin on the GPU   (shared/tools/vllm-gpu-bundle)
 #   .device/vllm-e2e     vLLM 0.26.0's offline engine: end-to-end check  (shared/tools/vllm-gpu-e2e)
+#   .device/sglang-bundle  Python-only SGLang 0.5.23: tests/sglang_plugin on the GPU
+#                          (scripts/make_sglang_bundle.sh)
 # A folder that exists is kept; delete it to rebuild. docs/gpu-host.md says how the GPU host uses them.
 set -euo pipefail
 
@@ -23,4 +25,6 @@ build() {  # build FOLDER MAKE_SCRIPT
 mkdir -p "$ROOT/.device"
 build "$ROOT/.device/vllm-bundle" "$TOOLS/vllm-gpu-bundle/make-bundle.sh"
 build "$ROOT/.device/vllm-e2e" "$TOOLS/vllm-gpu-e2e/make-parts.sh"
-du -sh "$ROOT/.device/vllm-bundle" "$ROOT/.device/vllm-e2e/part1" "$ROOT/.device/vllm-e2e/part2"
+build "$ROOT/.device/sglang-bundle" "$ROOT/scripts/make_sglang_bundle.sh"
+du -sh "$ROOT/.device/vllm-bundle" "$ROOT/.device/vllm-e2e/part1" "$ROOT/.device/vllm-e2e/part2" \
+  "$ROOT/.device/sglang-bundle"
