@@ -179,18 +179,14 @@ class DecodeCta {
   // A block id outside the cache is still loaded (TMA fills coordinates outside the tensor with
   // zeros), so the math threads walk the same pages as ever; the buffer's flag, written before
   // the pieces' barriers are armed (their arrival releases it), makes the request NaN.
-  // With only kStages buffers a page's load starts when the page kStages before it is released;
-  // the page kStages ahead in the same request is fetched into L2 meanwhile, so that its load
-  // then comes from L2.
   __device__ void produce() {
     prefetch_tensormap(kv_map_);
     int g = 0;
     for (int req = part_.begin_req; req <= part_.end_req; ++req) {
       const PageRange range = page_range(req);
       const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
-      auto block_of = [&](int page) { return block_table[ablated(kL2OnlyLoads) ? range.begin : page]; };
       for (int page = range.begin; page < range.end; ++page, ++g) {
-        const int block = block_of(page);
+        const int block = block_table[ablated(kL2OnlyLoads) ? range.begin : page];
         const int slot = g % kStages;
         if (g >= kStages) mbarrier_wait(empty_bar(slot), uint32_t((g / kStages - 1) & 1));
         bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
@@ -199,23 +195,14 @@ class DecodeCta {
         for (int piece = 0; piece < kPiecesQK; ++piece) {
           const uint32_t bar = full_bar(slot, piece);
           mbarrier_arrive_expect_tx(bar, kPieceBytes);
-          tma_load_4d(dst + piece * kPieceBytes, kv_map_, bar, piece * kPieceCols, piece_coord1(), piece_coord2(),
-                      block);
-        }
-        if (page + kStages < range.end) {
-          const int later_block = block_of(page + kStages);
-#pragma unroll 1
-          for (int piece = 0; piece < kPiecesQK; ++piece)
-            tma_prefetch_l2_4d(kv_map_, piece * kPieceCols, piece_coord1(), piece_coord2(), later_block);
+          // Coordinates (innermost first): column, then kv head and token in page in the map's
+          // order, then block.
+          tma_load_4d(dst + piece * kPieceBytes, kv_map_, bar, piece * kPieceCols, kv_tokens_inner_ ? 0 : kv_head_,
+                      kv_tokens_inner_ ? kv_head_ : 0, block);
         }
       }
     }
   }
-
-  // A piece's coordinates (innermost first): column, then kv head and token in page in the map's
-  // order, then block.
-  __device__ int piece_coord1() const { return kv_tokens_inner_ ? 0 : kv_head_; }
-  __device__ int piece_coord2() const { return kv_tokens_inner_ ? kv_head_ : 0; }
 
   // One producer warp: whether the part's requests have the lengths the schedule was made from,
   // published through an mbarrier that the math threads wait on before their first output.
