@@ -115,7 +115,10 @@ for stage in $stages; do
         -p no:cacheprovider
       ;;
     sglang-tests)
-      [ -d "$SGLANG_SITE/sglang" ] || SITE="$SGLANG_SITE" bash .device/sglang-bundle/install.sh || exit 1
+      if [ ! -d "$SGLANG_SITE/sglang" ]; then
+        SITE="$SGLANG_SITE" run_stage sglang-install bash .device/sglang-bundle/install.sh ||
+          { rm -rf "$SGLANG_SITE"; exit 1; }  # its log says why; the next run installs afresh
+      fi
       PYTHONPATH="$SGLANG_SITE${PYTHONPATH:+:$PYTHONPATH}" run_stage sglang-tests \
         python3 -m pytest -rs -m gpu tests/sglang_plugin -q -p no:cacheprovider
       ;;
