@@ -169,6 +169,12 @@ def decode_call(module, q, k_cache, block_table, seqlens, causal, descale_k):
 OURS_BF16 = "ours_bf16"  # the FP8 rows' timing of ours on the 16-bit cache
 
 
+def fp8_row_extra_names(fp8_peers):
+    """Names of the contenders an FP8 row adds after the peers: ours on the 16-bit cache, then the
+    FP8 peers."""
+    return [OURS_BF16] + [m.__name__ for m in fp8_peers]
+
+
 def bench_config(kernel, kv_cache, config, peers, fp8_peers=()):
     b, s_q, s_k, h_q, varlen, causal = config
     q, k_cache, block_table, seqlens = make_inputs(b, s_q, s_k, h_q, varlen)
@@ -186,7 +192,7 @@ def bench_config(kernel, kv_cache, config, peers, fp8_peers=()):
     names = [m.__name__ for m in peers]
     if fp8:
         contenders += [decode_call(m, q, k_cache, block_table, seqlens, causal, None) for m in (fmb, *fp8_peers)]
-        names += [OURS_BF16] + [m.__name__ for m in fp8_peers]
+        names += fp8_row_extra_names(fp8_peers)
     order = list(range(len(contenders)))
     times = [[] for _ in contenders]
     for i in order + order[::-1]:  # A B B A: drift between the two halves cancels
@@ -291,7 +297,7 @@ def main(argv=None):
             if c == "bf16" or k == "auto" or _plan.kernel_info(k).takes_fp8_cache]
     names = [m.__name__ for m in peers]
     if any(c == "fp8" for _, c in runs):
-        names += [OURS_BF16] + [m.__name__ for m in fp8_peers]
+        names += fp8_row_extra_names(fp8_peers)
     print("| kernel | cache | b | s_q | s_k | h_q | varlen | causal | µs | TFLOP/s | GB/s |"
           + "".join(f" {n} µs | {n} / ours |" for n in names))
     print("|---" * (11 + 2 * len(names)) + "|")

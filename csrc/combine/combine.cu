@@ -146,8 +146,9 @@ const CombineKernelFacts& facts(Kernel* kernel, int device) {
   return f;
 }
 
-int64_t num_ctas(const DecodeParams& params, int rows_per_cta) {
-  return int64_t((params.rows_per_kv_head + rows_per_cta - 1) / rows_per_cta) * params.h_kv * params.batch;
+// Row groups of rows_per_cta per (request, kv head): the grid's x dimension.
+int row_groups(const DecodeParams& params, int rows_per_cta) {
+  return (params.rows_per_kv_head + rows_per_cta - 1) / rows_per_cta;
 }
 
 // Launches the kRowsPerCta form if its CTAs all fit on the GPU at once (or if it has the most
@@ -156,9 +157,10 @@ template <typename Element, int kRowsPerCta>
 bool launch_if_resident(const DecodeParams& params, cudaStream_t stream, int device) {
   auto* kernel = combine_kernel<Element, kRowsPerCta>;
   const CombineKernelFacts& f = facts(kernel, device);
-  if (kRowsPerCta < kThreads / 32 && num_ctas(params, kRowsPerCta) > f.resident_ctas) return false;
+  const dim3 grid(unsigned(row_groups(params, kRowsPerCta)), params.h_kv, params.batch);
+  if (kRowsPerCta < kThreads / 32 && int64_t(grid.x) * grid.y * grid.z > f.resident_ctas) return false;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned((params.rows_per_kv_head + kRowsPerCta - 1) / kRowsPerCta), params.h_kv, params.batch);
+  config.gridDim = grid;
   config.blockDim = dim3(kThreads);
   config.stream = stream;
   cudaLaunchAttribute attribute{};
