@@ -71,15 +71,22 @@ struct Smem {
   static constexpr int kRowMax = kX + kPieceBytes;                 // float [2 warpgroups][64 rows]
   static constexpr int kRowSum = kRowMax + 2 * kBlockM * 4;        // float [2][64]
   static constexpr int kFullBar = kRowSum + 2 * kBlockM * 4;       // uint64 [kStages][9]
-  static constexpr int kEmptyBar = kFullBar + kStages * kPiecesQK * 8;  // uint64 [kStages]
-  static constexpr int kPartCheckBar = kEmptyBar + kStages * 8;        // uint64: the part check is done
+  // uint64 [kStages][2]: the buffer may be reloaded (lockstep: [slot][0] only; seesaw: [slot][w]
+  // for the pieces whose last reader is math warpgroup w).
+  static constexpr int kEmptyBar = kFullBar + kStages * kPiecesQK * 8;
+  static constexpr int kPartCheckBar = kEmptyBar + kStages * 2 * 8;     // uint64: the part check is done
   static constexpr int kPartMatches = kPartCheckBar + 8;               // uint32: its answer (0 / 1)
   static constexpr int kBadBlock = kPartMatches + 4;  // uint32 [kStages]: the buffer's block id is outside the cache
-  static constexpr int kEnd = kBadBlock + kStages * 4;
+  static constexpr int kValid = kBadBlock + kStages * 4;  // uint32 [2]: each math warpgroup's view of the request
+  static constexpr int kEnd = kValid + 2 * 4;
   static constexpr int kAlign = 1024;
   static constexpr int kBytes = kEnd + kAlign;  // the slack lets the kernel align the base itself
 };
 static_assert(Smem::kBytes <= 227 * 1024, "must fit the 227 KB a block can opt into on sm_90");
+
+// How the two math warpgroups share a CTA's pages (both kernels of this file; the header comment
+// describes kLockstep, the comment above attend_pair kSeesaw).
+enum class Schedule { kLockstep, kSeesaw };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -96,9 +103,10 @@ constexpr int kKStepsPerWarpgroup = kKStepsQK / 2;       // 18: each warpgroup r
 constexpr int kRopePiece = kPiecesQK - 1;                // 8: read by WG1's Q.K^T only, then free
 static_assert(kKStepsQK % 2 == 0, "the Q.K^T k-steps split evenly between the two math warpgroups");
 
-template <typename Element>
+template <typename Element, Schedule kSchedule>
 class DecodeCta {
   using Mma = Wgmma<Element>;
+  static constexpr bool kSeesaw = kSchedule == Schedule::kSeesaw;
 
  public:
   __device__ DecodeCta(const DecodeParams& p, const CUtensorMap* kv_map, bool kv_tokens_inner, uint32_t base,
@@ -114,6 +122,7 @@ class DecodeCta {
         part_check_bar_(base + Smem::kPartCheckBar),
         part_matches_(reinterpret_cast<volatile uint32_t*>(base_ptr + Smem::kPartMatches)),
         bad_block_(reinterpret_cast<volatile uint32_t*>(base_ptr + Smem::kBadBlock)),
+        valid_(reinterpret_cast<volatile uint32_t*>(base_ptr + Smem::kValid)),
         row_max_(reinterpret_cast<float*>(base_ptr + Smem::kRowMax)),
         row_sum_(reinterpret_cast<float*>(base_ptr + Smem::kRowSum)),
         m_block_(blockIdx.x),
@@ -121,7 +130,9 @@ class DecodeCta {
         tid_(threadIdx.x),
         warp_(threadIdx.x / 32),
         lane_(threadIdx.x % 32),
-        wg_(threadIdx.x / 128) {
+        // Broadcast from lane 0, so that ptxas knows the warpgroup index is uniform in a warp and
+        // keeps the wgmmas of a branch on it pipelined.
+        wg_(__shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0)) {
     part_ = load_scheduler_part(p, blockIdx.z);
     const int last_row = min((m_block_ + 1) * kBlockM, p.rows_per_kv_head) - 1;
     last_token_ = last_row / p.heads_per_kv;
@@ -130,7 +141,7 @@ class DecodeCta {
   __device__ void run() {
     if (tid_ == 0) {
       for (int i = 0; i < kStages * kPiecesQK; ++i) mbarrier_init(full_bar_ + 8 * i, 1);
-      for (int i = 0; i < kStages; ++i) mbarrier_init(empty_bar_ + 8 * i, kMathThreads);
+      for (int i = 0; i < kStages * 2; ++i) mbarrier_init(empty_bar_ + 8 * i, kSeesaw ? 128 : kMathThreads);
       mbarrier_init(part_check_bar_, 1);
       mbarrier_init_fence();
     }
@@ -169,12 +180,26 @@ class DecodeCta {
   }
 
   __device__ uint32_t full_bar(int slot, int piece) const { return full_bar_ + 8 * (slot * kPiecesQK + piece); }
-  __device__ uint32_t empty_bar(int slot) const { return empty_bar_ + 8 * slot; }
+  __device__ uint32_t empty_bar(int slot, int reader = 0) const { return empty_bar_ + 8 * (2 * slot + reader); }
   __device__ uint32_t kv_slot(int slot) const { return kv_smem_ + slot * kTileBytes; }
 
+  // Where the pieces of a page go and in which order they are read and loaded. Lockstep: pieces
+  // 0-8, one release (all 256 math threads). Seesaw: buffer `slot` belongs to math warpgroup
+  // `slot`, which reads its pieces in Q.K^T in the order piece_at(slot, 0..8); the first
+  // first_piece_of_reader(slot, 1) of them are read last by warpgroup 0 (its half of the values,
+  // plus, in buffer 1, the P tile in the rotary piece), the rest by warpgroup 1; each group has
+  // its own release.
+  __device__ static constexpr int piece_at(int slot, int i) {
+    return kSeesaw && slot == 1 && i >= kPiecesV / 2 ? (i == kPiecesV / 2 ? kRopePiece : i - 1) : i;
+  }
+  __device__ static constexpr int first_piece_of_reader(int slot, int reader) {
+    return reader == 0 ? 0 : kSeesaw ? kPiecesV / 2 + slot : kPiecesQK;
+  }
+
   // ------------------------------------------------------------------------------------------
-  // Producer: one thread. Page g of the part goes to buffer g % 2; before reusing a buffer it
-  // waits until all 256 math threads have released the page that was there (g - 2).
+  // Producer: one thread. Lockstep: page g of the part goes to buffer g % 2. Seesaw: a request's
+  // pages go in pairs, the first of a pair to buffer 0, the second to buffer 1. Before reloading
+  // the pieces of a buffer it waits until their last readers have released the page there.
   // ------------------------------------------------------------------------------------------
   // A block id outside the cache is still loaded (TMA fills coordinates outside the tensor with
   // zeros), so the math threads walk the same pages as ever; the buffer's flag, written before
@@ -182,24 +207,34 @@ class DecodeCta {
   __device__ void produce() {
     prefetch_tensormap(kv_map_);
     int g = 0;
+    int loads0 = 0, loads1 = 0;  // pages loaded into buffer 0 and 1 so far (scalars: no local memory)
     for (int req = part_.begin_req; req <= part_.end_req; ++req) {
       const PageRange range = page_range(req);
       const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
       for (int page = range.begin; page < range.end; ++page, ++g) {
         const int block = block_table[ablated(kL2OnlyLoads) ? range.begin : page];
-        const int slot = g % kStages;
-        if (g >= kStages) mbarrier_wait(empty_bar(slot), uint32_t((g / kStages - 1) & 1));
-        bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
+        const int slot = (kSeesaw ? page - range.begin : g) % kStages;
+        const int loads = slot == 0 ? loads0 : loads1;
+        const uint32_t parity = uint32_t((loads - 1) & 1);
         const uint32_t dst = kv_slot(slot);
 #pragma unroll 1
-        for (int piece = 0; piece < kPiecesQK; ++piece) {
-          const uint32_t bar = full_bar(slot, piece);
-          mbarrier_arrive_expect_tx(bar, kPieceBytes);
-          // Coordinates (innermost first): column, then kv head and token in page in the map's
-          // order, then block.
-          tma_load_4d(dst + piece * kPieceBytes, kv_map_, bar, piece * kPieceCols, kv_tokens_inner_ ? 0 : kv_head_,
-                      kv_tokens_inner_ ? kv_head_ : 0, block);
+        for (int reader = 0; reader < (kSeesaw ? 2 : 1); ++reader) {
+          if (loads > 0) mbarrier_wait(empty_bar(slot, reader), parity);
+          if (reader == 0) bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
+          const int end = kSeesaw && reader == 0 ? first_piece_of_reader(slot, 1) : kPiecesQK;
+#pragma unroll 1
+          for (int i = first_piece_of_reader(slot, reader); i < end; ++i) {
+            const int piece = piece_at(slot, i);
+            const uint32_t bar = full_bar(slot, piece);
+            mbarrier_arrive_expect_tx(bar, kPieceBytes);
+            // Coordinates (innermost first): column, then kv head and token in page in the map's
+            // order, then block.
+            tma_load_4d(dst + piece * kPieceBytes, kv_map_, bar, piece * kPieceCols, kv_tokens_inner_ ? 0 : kv_head_,
+                        kv_tokens_inner_ ? kv_head_ : 0, block);
+          }
         }
+        loads0 += slot == 0;
+        loads1 += slot == 1;
       }
     }
   }
@@ -221,7 +256,8 @@ class DecodeCta {
   __device__ int row_of(int h) const { return 16 * (warp_ % 4) + lane_ / 4 + 8 * h; }
 
   __device__ void consume() {
-    int g = 0;  // pages consumed so far, as counted by the producer
+    int g = 0;                    // lockstep: pages consumed so far, as counted by the producer
+    int loads[kStages] = {0, 0};  // seesaw: pages consumed from each buffer so far
     for (int req = part_.begin_req; req <= part_.end_req; ++req) {
       const int seqlen = p_.cache_seqlens[req];
       bool valid = seqlen >= 0 && seqlen <= p_.max_pages * kPageSize;
@@ -242,8 +278,13 @@ class DecodeCta {
           const int token = (m_block_ * kBlockM + row_of(h)) / p_.heads_per_kv;
           key_limit[h] = p_.causal ? min(seqlen, seqlen - p_.s_q + token + 1) : seqlen;
         }
-        for (int page = range.begin; page < range.end; ++page, ++g)
-          valid &= attend_page(page, g, seqlen, key_limit, acc, row_max, row_sum);
+        if constexpr (kSeesaw) {
+          for (int page = range.begin; page < range.end; page += 2)
+            valid &= attend_pair(page, page + 1 < range.end, loads, seqlen, key_limit, acc, row_max, row_sum);
+        } else {
+          for (int page = range.begin; page < range.end; ++page, ++g)
+            valid &= attend_page(page, g, seqlen, key_limit, acc, row_max, row_sum);
+        }
       }
       mbarrier_wait(part_check_bar_, 0);  // returns at once after the first request
       write_result(req, *part_matches_ != 0 && valid, acc, row_max, row_sum);
@@ -382,14 +423,13 @@ class DecodeCta {
     // P tile goes there next) and WG1 has read X.
     named_barrier_sync(kMathBarrier, kMathThreads);
 
-    float scale[2], reference[2];
+    float scale[2], ref[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       // The same expression in both warpgroups, so both hold bit-identical maxima.
       const float new_max = fmaxf(row_max[h], fmaxf(row_max_[row_of(h)], row_max_[kBlockM + row_of(h)]));
-      // A row with nothing visible yet keeps max -inf; subtracting 0 keeps its exponentials at 0.
-      reference[h] = new_max == -CUDART_INF_F ? 0.f : new_max;
-      scale[h] = exp2f(row_max[h] - reference[h]);
+      ref[h] = reference(new_max);
+      scale[h] = exp2f(row_max[h] - ref[h]);
       row_max[h] = new_max;
     }
 
@@ -400,8 +440,8 @@ class DecodeCta {
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float p0 = probability(s[4 * j + 2 * h] - reference[h]);
-        const float p1 = probability(s[4 * j + 2 * h + 1] - reference[h]);
+        const float p0 = probability(s[4 * j + 2 * h] - ref[h]);
+        const float p1 = probability(s[4 * j + 2 * h + 1] - ref[h]);
         tile_sum[h] += p0 + p1;
         const int row = row_of(h);
         const int chunk = (wg_ * (kKeysPerWarpgroup / 8) + j) ^ (row % 8);
@@ -412,24 +452,54 @@ class DecodeCta {
 #pragma unroll
     for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * scale[h] + tile_sum[h];
 
-    // Rows of the page at or past the sequence end may hold NaN: zero their value columns, since
-    // P.V would turn 0 * NaN into NaN. (Their scores were masked by the select above.)
     if (page * kPageSize + kPageSize > seqlen) {
       // Each warpgroup's Q.K^T waited on only half of the pieces (WG0 0-4, WG1 4-8): observe the
       // arrival of every value piece before overwriting rows of it (the phase cannot move on
       // before this thread arrives on "empty", so the waits return at once).
 #pragma unroll 1
       for (int piece = 0; piece < kPiecesV; ++piece) mbarrier_wait(full_bar(slot, piece), parity);
-      const int first_row = seqlen - page * kPageSize;  // in [1, 63]
-      const int chunks = (kPageSize - first_row) * kPiecesV * 8;
-      for (int idx = tid_; idx < chunks; idx += kMathThreads) {
-        const int piece = idx % kPiecesV, chunk = (idx / kPiecesV) % 8, row = first_row + idx / (kPiecesV * 8);
-        const uint32_t addr = kv + piece * kPieceBytes + row * 128 + chunk * 16;
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0) : "memory");
-      }
+      zero_value_rows<kMathThreads>(kv, seqlen - page * kPageSize, tid_);
     }
+    rescale(acc, scale);
+    fence_proxy_async_smem();  // P and the zeroed rows are read by wgmma next
+    named_barrier_sync(kMathBarrier, kMathThreads);
 
-    // Rescale O only in warps where some row's maximum moved.
+    // 3. O[:, this warpgroup's 256 columns] += P . V.
+    fence_operands(acc);
+    pv_from_smem(acc, slot);
+    wgmma_wait<0>();
+    fence_operands(acc);
+    mbarrier_arrive(empty_bar(slot));  // this thread is done with the page buffer
+    return block_in_cache;
+  }
+
+  // Rows first_row..63 (first_row in [1, 63]) of the page in `kv` are at or past the sequence end
+  // and may hold NaN: zero their value columns, since P.V would turn 0 * NaN into NaN (their
+  // scores are masked by a select). Thread `thread` of `threads` takes every threads-th chunk.
+  // A fixed trip count with predicated stores, so that no thread-dependent branch lies between
+  // the seesaw's wgmmas.
+  template <int kThreadsZeroing>
+  __device__ static void zero_value_rows(uint32_t kv, int first_row, int thread) {
+    const int chunks = (kPageSize - first_row) * kPiecesV * 8;
+    constexpr int kMaxChunks = (kPageSize - 1) * kPiecesV * 8;
+#pragma unroll 4
+    for (int i = 0; i < (kMaxChunks + kThreadsZeroing - 1) / kThreadsZeroing; ++i) {
+      const int idx = i * kThreadsZeroing + thread;
+      const int piece = idx % kPiecesV, chunk = (idx / kPiecesV) % 8, row = first_row + idx / (kPiecesV * 8);
+      const uint32_t addr = kv + piece * kPieceBytes + row * 128 + chunk * 16;
+      asm volatile(
+          "{\n"
+          ".reg .pred p;\n"
+          "setp.lt.s32 p, %1, %2;\n"
+          "@p st.shared.v4.u32 [%0], {%3, %3, %3, %3};\n"
+          "}\n" ::"r"(addr),
+          "r"(idx), "r"(chunks), "r"(0)
+          : "memory");
+    }
+  }
+
+  // O *= scale per row, skipped in warps where no row's maximum moved.
+  __device__ static void rescale(float (&acc)[128], const float (&scale)[2]) {
     if (__any_sync(0xffffffffu, scale[0] != 1.f || scale[1] != 1.f)) {
 #pragma unroll
       for (int j = 0; j < kValueColsPerWarpgroup / 8; ++j) {
@@ -439,25 +509,251 @@ class DecodeCta {
         acc[4 * j + 3] *= scale[1];
       }
     }
-    fence_proxy_async_smem();  // P and the zeroed rows are read by wgmma next
-    named_barrier_sync(kMathBarrier, kMathThreads);
+  }
 
-    // 3. O[:, this warpgroup's 256 columns] += P . V.
-    fence_operands(acc);
+  // The B operand of P.V for k-step kk: V rows 16 kk.., this warpgroup's 256 columns (pieces
+  // 4 wg_ ..) of buffer `slot`: 64-column chunks one piece apart (LBO), 8-row groups 1024 bytes
+  // apart (SBO).
+  __device__ uint64_t value_desc(int slot, int kk) const {
+    return make_smem_desc(kv_slot(slot) + wg_ * (kPiecesV / 2) * kPieceBytes + kk * 16 * 128, kPieceBytes, 1024);
+  }
+
+  // Issues O[:, this warpgroup's 256 columns] += P . V for the page in buffer `slot`, P from the
+  // 64 x 64 tile in its rotary piece; the caller waits.
+  __device__ void pv_from_smem(float (&acc)[128], int slot) const {
+    const uint32_t rope = kv_slot(slot) + kRopePiece * kPieceBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < (ablated(kNoValueMma) ? 0 : kPageSize / 16); ++kk)
+      Mma::m64n256k16_kmn(acc, make_smem_desc(rope + kk * 32, 16, 1024), value_desc(slot, kk));
+    wgmma_commit();
+  }
+
+  // The same with P from registers: p[4 kk .. 4 kk + 3] is the A fragment of k-step kk.
+  __device__ void pv_from_registers(float (&acc)[128], const uint32_t (&p)[16], int slot) const {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < (ablated(kNoValueMma) ? 0 : kPageSize / 16); ++kk) {
-      const uint64_t desc_p = make_smem_desc(rope + kk * 32, 16, 1024);
-      // V rows kk*16.., columns from piece 4 * wg_: 64-column chunks one piece apart (LBO),
-      // 8-row groups 1024 bytes apart (SBO).
-      const uint64_t desc_v = make_smem_desc(kv + wg_ * 4 * kPieceBytes + kk * 16 * 128, kPieceBytes, 1024);
-      Mma::m64n256k16_kmn(acc, desc_p, desc_v);
+      const uint32_t a[4] = {p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3]};
+      Mma::m64n256k16_rmn(acc, a, value_desc(slot, kk));
+    }
+    wgmma_commit();
+  }
+
+  // The exponent reference for a running max: a row with nothing visible yet keeps max -inf, and
+  // subtracting 0 keeps its exponentials at 0.
+  __device__ static float reference(float row_max) { return row_max == -CUDART_INF_F ? 0.f : row_max; }
+
+  // ------------------------------------------------------------------------------------------
+  // Seesaw schedule: a request's pages in pairs (e, o). Warpgroup 0 scores page e from buffer 0,
+  // warpgroup 1 page o from buffer 1, each over all 576 columns, and each keeps O for its half of
+  // the value columns. With the running max m, m_e = max(m, row max of S_e) and
+  // m_o = max(m_e, row max of S_o):
+  //   WG0: S_e = Q.K_e^T; P_e = exp2(S_e - m_e) -> registers and buffer 0's rotary piece, m_e ->
+  //        shared memory; signal "first". O *= exp2(m - m_e), O += P_e.V_e (P from registers);
+  //        release its buffer-0 pieces. Wait "second"; O *= exp2(m_e - m_o), O += P_o.V_o (P from
+  //        shared memory); release its buffer-1 pieces.
+  //   WG1: S_o = Q.K_o^T. Wait "first"; O *= exp2(m - m_e); issue O += P_e.V_e and, while it
+  //        runs, P_o = exp2(S_o - m_o) -> registers and buffer 1's rotary piece, m_o -> shared
+  //        memory; signal "second"; release its buffer-0 pieces. O *= exp2(m_e - m_o),
+  //        O += P_o.V_o; release its buffer-1 pieces.
+  // One warpgroup's softmax thus runs while the other issues tensor work, and WG1's Q.K^T runs
+  // under WG0's softmax. Both apply the same scale factors (from the same maxima in shared
+  // memory), so their halves of O and their row sums (each of its own pages' P) share the
+  // reference. A pair without its second page skips everything of o.
+  // ------------------------------------------------------------------------------------------
+  static constexpr int kFirstPageBarrier = 2;   // WG0 -> WG1: m_e, the P_e tile
+  static constexpr int kSecondPageBarrier = 3;  // WG1 -> WG0: m_o, the P_o tile
+  static constexpr int kWarpgroupBarrier = 4;   // + w: the 128 threads of math warpgroup w
+
+  // S[64 x 64] = Q . K^T over all 576 columns of the page in buffer W, in the order the producer
+  // loads its pieces, waiting on each piece's "full" mbarrier before its first k-step.
+  template <int W>
+  __device__ void page_scores(float (&s)[32], uint32_t parity) const {
+    const uint32_t kv = kv_slot(W);
+    wgmma_fence();
+#pragma unroll
+    for (int t = 0; t < kKStepsQK; ++t) {
+      const int piece = piece_at(W, t / 4);
+      if (t % 4 == 0) mbarrier_wait(full_bar(W, piece), parity);
+      const uint32_t col_bytes = uint32_t(piece * kPieceBytes + (t % 4) * 32);
+      if constexpr (!ablated(kNoScoreMma))
+        Mma::m64n64k16_kk(s, make_smem_desc(q_smem_ + col_bytes, 16, 1024), make_smem_desc(kv + col_bytes, 16, 1024));
     }
     wgmma_commit();
     wgmma_wait<0>();
-    fence_operands(acc);
-    mbarrier_arrive(empty_bar(slot));  // this thread is done with the page buffer
-    return block_in_cache;
+  }
+
+  // Masks the scores of the page in buffer W and scales them into base 2; new_max = max(floor,
+  // row max), published in row_max_[W][row]; P = exp2(S - new_max) to p (the A fragments of
+  // P.V: p[2 j + h] holds keys 8 j + 2 (lane % 4) + {0, 1} of row h) and to the P tile in the
+  // buffer's rotary piece (64 x 64, K-major, 128B swizzle; only this warpgroup's Q.K^T read that
+  // piece); the row sums of P to tile_sum.
+  template <int W>
+  __device__ void page_probabilities(float (&s)[32], int page, const int (&key_limit)[2], const float (&floor)[2],
+                                     float (&new_max)[2], uint32_t (&p)[16], float (&tile_sum)[2]) const {
+    const int key0 = page * kPageSize + 2 * (lane_ % 4);
+    float tile_max[2] = {-CUDART_INF_F, -CUDART_INF_F};
+#pragma unroll
+    for (int j = 0; j < kPageSize / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2;
+        // A select, never a multiply: the scores of unused cache slots may be NaN.
+        const float v = key0 + 8 * j + (e & 1) < key_limit[h] ? s[4 * j + e] * p_.scale_log2 : -CUDART_INF_F;
+        s[4 * j + e] = v;
+        tile_max[h] = fmaxf(tile_max[h], v);
+      }
+    }
+    float ref[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      new_max[h] = fmaxf(floor[h], tile_max[h]);
+      // Predicated, not branched: WG1 runs this under an outstanding wgmma.
+      asm volatile(
+          "{\n"
+          ".reg .pred p;\n"
+          "setp.eq.u32 p, %2, 0;\n"
+          "@p st.shared.f32 [%0], %1;\n"
+          "}\n" ::"r"(smem_u32(row_max_ + W * kBlockM + row_of(h))),
+          "f"(new_max[h]), "r"(lane_ % 4)
+          : "memory");
+      ref[h] = reference(new_max[h]);
+      tile_sum[h] = 0.f;
+    }
+    const uint32_t rope = kv_slot(W) + kRopePiece * kPieceBytes;
+#pragma unroll
+    for (int j = 0; j < kPageSize / 8; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float p0 = probability(s[4 * j + 2 * h] - ref[h]);
+        const float p1 = probability(s[4 * j + 2 * h + 1] - ref[h]);
+        tile_sum[h] += p0 + p1;
+        p[2 * j + h] = MmaTraits<Element>::pack(p0, p1);
+        const int row = row_of(h);
+        const uint32_t addr = rope + row * 128 + ((j ^ (row % 8)) * 16) + (lane_ % 4) * 4;
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(p[2 * j + h]) : "memory");
+      }
+    }
+  }
+
+  // The tail page's rows past the sequence end, zeroed by the warpgroup that scored it (its
+  // Q.K^T waited on every piece), before the signal that lets the other warpgroup read them and
+  // before its own P.V.
+  template <int W>
+  __device__ void zero_rows_past_end(int page, int seqlen) const {
+    if (page * kPageSize + kPageSize <= seqlen) return;
+    zero_value_rows<128>(kv_slot(W), seqlen - page * kPageSize, tid_ % 128);
+    fence_proxy_async_smem();
+    named_barrier_sync(kWarpgroupBarrier + W, 128);  // this warpgroup's own P.V reads them next
+  }
+
+  // Moves the running max to new_max: O and the row sum scaled by exp2(old - new).
+  __device__ static void move_max(float (&acc)[128], float (&row_max)[2], float (&row_sum)[2],
+                                  const float (&new_max)[2]) {
+    float scale[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      scale[h] = exp2f(row_max[h] - reference(new_max[h]));
+      row_sum[h] *= scale[h];
+      row_max[h] = new_max[h];
+    }
+    rescale(acc, scale);
+  }
+
+  // Pages `page` and, if has_second, page + 1 of the request; parity of each buffer's phase from
+  // loads[], which counts the pages consumed from it. Returns whether this warpgroup's page's
+  // block id lies in the cache.
+  __device__ bool attend_pair(int page, bool has_second, int (&loads)[kStages], int seqlen,
+                              const int (&key_limit)[2], float (&acc)[128], float (&row_max)[2],
+                              float (&row_sum)[2]) {
+    const uint32_t parity_first = uint32_t(loads[0] & 1), parity_second = uint32_t(loads[1] & 1);
+    ++loads[0];
+    loads[1] += has_second;
+    float s[32];
+    uint32_t p[16];
+    float new_max[2], tile_sum[2];
+    bool in_cache = true;
+    if (wg_ == 0) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) s[i] = 0.f;
+      fence_operands(s);
+      page_scores<0>(s, parity_first);
+      fence_operands(s);
+      in_cache = bad_block_[0] == 0;  // rewritten only after this warpgroup releases buffer 0
+      page_probabilities<0>(s, page, key_limit, row_max, new_max, p, tile_sum);
+      zero_rows_past_end<0>(page, seqlen);
+      fence_proxy_async_smem();  // the P tile is read by WG1's wgmma
+      named_barrier_arrive(kFirstPageBarrier, kMathThreads);
+      move_max(acc, row_max, row_sum, new_max);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) row_sum[h] += tile_sum[h];
+      fence_operands(acc);
+      pv_from_registers(acc, p, 0);
+      wgmma_wait<0>();
+      fence_operands(acc);
+      mbarrier_arrive(empty_bar(0, 0));
+      if (has_second) {
+        named_barrier_sync(kSecondPageBarrier, kMathThreads);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) new_max[h] = row_max_[kBlockM + row_of(h)];
+        move_max(acc, row_max, row_sum, new_max);
+        // The value pieces of buffer 1 that WG1's Q.K^T waited on (their phase cannot move on
+        // before this warpgroup releases them, so the waits return at once).
+#pragma unroll 1
+        for (int piece = 0; piece < kPiecesV / 2; ++piece) mbarrier_wait(full_bar(1, piece), parity_second);
+        fence_operands(acc);
+        pv_from_smem(acc, 1);
+        wgmma_wait<0>();
+        fence_operands(acc);
+        mbarrier_arrive(empty_bar(1, 0));
+      }
+    } else {
+      // No branch may lie between a wgmma and its wait (ptxas would serialize every wgmma of the
+      // kernel), hence two paths.
+      if (has_second) {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s[i] = 0.f;
+        fence_operands(s);
+        page_scores<1>(s, parity_second);
+        fence_operands(s);
+        in_cache = bad_block_[1] == 0;
+        zero_rows_past_end<1>(page + 1, seqlen);
+      }
+      named_barrier_sync(kFirstPageBarrier, kMathThreads);
+      float first_max[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) first_max[h] = row_max_[row_of(h)];
+      move_max(acc, row_max, row_sum, first_max);
+#pragma unroll 1
+      for (int piece = kPiecesV / 2; piece < kPiecesV; ++piece) mbarrier_wait(full_bar(0, piece), parity_first);
+      fence_operands(acc);
+      if (has_second) {
+        pv_from_smem(acc, 0);  // runs while P_o is computed
+        page_probabilities<1>(s, page + 1, key_limit, row_max, new_max, p, tile_sum);
+        fence_proxy_async_smem();  // the P tile is read by WG0's wgmma
+        named_barrier_arrive(kSecondPageBarrier, kMathThreads);
+        wgmma_wait<0>();
+        fence_operands(acc);
+        mbarrier_arrive(empty_bar(0, 1));
+        move_max(acc, row_max, row_sum, new_max);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) row_sum[h] += tile_sum[h];
+        fence_operands(acc);
+        pv_from_registers(acc, p, 1);
+        wgmma_wait<0>();
+        fence_operands(acc);
+        mbarrier_arrive(empty_bar(1, 1));
+      } else {
+        pv_from_smem(acc, 0);
+        wgmma_wait<0>();
+        fence_operands(acc);
+        mbarrier_arrive(empty_bar(0, 1));
+      }
+    }
+    return in_cache;
   }
 
   __device__ void write_result(int req, bool valid, const float (&acc)[128], const float (&row_max)[2],
@@ -469,11 +765,14 @@ class DecodeCta {
       row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
       if (lane_ % 4 == 0) row_sum_[wg_ * kBlockM + row_of(h)] = row_sum[h];
     }
+    // Seesaw: each warpgroup checked the block ids of its own pages.
+    if (tid_ % 128 == 0) valid_[wg_] = valid;
     named_barrier_sync(kMathBarrier, kMathThreads);
     float total[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) total[h] = row_sum_[row_of(h)] + row_sum_[kBlockM + row_of(h)];
-    named_barrier_sync(kMathBarrier, kMathThreads);  // row_sum_ may be rewritten by the next request
+    valid = valid_[0] != 0 && valid_[1] != 0;
+    named_barrier_sync(kMathBarrier, kMathThreads);  // row_sum_ and valid_ may be rewritten by the next request
 
     const bool final_output = p_.num_splits[req + 1] - p_.num_splits[req] == 1;
     const int split = req == part_.begin_req ? part_.first_split : p_.num_splits[req];
@@ -495,6 +794,7 @@ class DecodeCta {
   const uint32_t q_smem_, kv_smem_, x_smem_, full_bar_, empty_bar_, part_check_bar_;
   volatile uint32_t* const part_matches_;
   volatile uint32_t* const bad_block_;
+  volatile uint32_t* const valid_;
   float* const row_max_;
   float* const row_sum_;
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;
@@ -504,7 +804,7 @@ class DecodeCta {
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename Element>
+template <typename Element, Schedule kSchedule>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap kv_map,
                   bool kv_tokens_inner) {
@@ -514,7 +814,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Align the base to 1024 bytes in the shared window (the launch reserves the slack).
   const uint32_t raw = smem_u32(smem);
   const uint32_t base = (raw + Smem::kAlign - 1) & ~uint32_t(Smem::kAlign - 1);
-  DecodeCta<Element>(params, &kv_map, kv_tokens_inner, base, smem + (base - raw)).run();
+  DecodeCta<Element, kSchedule>(params, &kv_map, kv_tokens_inner, base, smem + (base - raw)).run();
 #else
   __trap();  // only sm_90a machine code is meant to run; the launcher refuses other GPUs
 #endif
@@ -605,11 +905,11 @@ KvTensorMap make_kv_tensor_map(const DecodeParams& p) {
   return result;
 }
 
-template <typename Element>
+template <typename Element, sm90::Schedule kSchedule>
 void launch(const DecodeParams& params, cudaStream_t stream) {
   check_device();
   const KvTensorMap kv_map = make_kv_tensor_map<Element>(params);
-  auto* kernel = sm90::decode_kernel<Element>;
+  auto* kernel = sm90::decode_kernel<Element, kSchedule>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::Smem::kBytes);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("flash_mla_backend: the sm90 decode kernel needs ") +
@@ -622,7 +922,10 @@ void launch(const DecodeParams& params, cudaStream_t stream) {
 const DecodeKernel kKernels[] = {
     // 16-bit inputs only: the planner sends FP8 caches to the portable kernels.
     {"sm90", sm90::kBlockM, sm90::Smem::kBytes, 9, 0, /*arch_specific=*/true,
-     {&launch<__nv_bfloat16>, &launch<__half>}},
+     {&launch<__nv_bfloat16, sm90::Schedule::kLockstep>, &launch<__half, sm90::Schedule::kLockstep>}},
+    // Chosen only by name (FLASH_MLA_BACKEND_KERNEL) until it measures faster than "sm90".
+    {"sm90_seesaw", sm90::kBlockM, sm90::Smem::kBytes, 9, 0, /*arch_specific=*/true,
+     {&launch<__nv_bfloat16, sm90::Schedule::kSeesaw>, &launch<__half, sm90::Schedule::kSeesaw>}},
     {nullptr, 0, 0, 0, 0, false, {}},
 };
 

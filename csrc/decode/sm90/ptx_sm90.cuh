@@ -98,6 +98,17 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
                : OPS                                                                  \
                : "l"(desc_a), "l"(desc_b), "r"(1))
 
+// m64n256k16 with A from four registers and B MN-major in shared memory (scale-d 1).
+#define FMB90_WGMMA_RS(TYPES, d, a, desc_b)                                                         \
+  asm volatile("{\n"                                                                                 \
+               ".reg .pred p;\n"                                                                     \
+               "setp.ne.b32 p, %133, 0;\n"                                                           \
+               "wgmma.mma_async.sync.aligned.m64n256k16.f32." TYPES " " FMB90_D128_REGS              \
+               ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n"                                     \
+               "}\n"                                                                                 \
+               : FMB90_D128_OPS(d)                                                                   \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1))
+
 template <typename Element>
 struct Wgmma {
   static_assert(std::is_same<Element, __nv_bfloat16>::value || std::is_same<Element, __half>::value,
@@ -110,6 +121,15 @@ struct Wgmma {
       FMB90_WGMMA_SS("m64n64k16", "bf16.bf16", FMB90_D32_REGS, FMB90_D32_OPS(d), "32", "33", "34", "0");
     else
       FMB90_WGMMA_SS("m64n64k16", "f16.f16", FMB90_D32_REGS, FMB90_D32_OPS(d), "32", "33", "34", "0");
+  }
+
+  // D[64 x 256] += A[64 x 16] . B[16 x 256], A from registers (a: the m64k16 fragment, whose
+  // layout is that of a m64n16 accumulator packed in pairs), B MN-major in shared memory.
+  static __device__ __forceinline__ void m64n256k16_rmn(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
+    if constexpr (kBf16)
+      FMB90_WGMMA_RS("bf16.bf16", d, a, desc_b);
+    else
+      FMB90_WGMMA_RS("f16.f16", d, a, desc_b);
   }
 
   // D[64 x 256] += A[64 x 16] . B[16 x 256], A K-major, B MN-major (transposed) in shared memory.
@@ -190,6 +210,12 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 // Named barrier over `count` threads (the two math warpgroups; the producer warp never joins).
 __device__ __forceinline__ void named_barrier_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// Arrives on a named barrier without waiting: the signalling side of a barrier whose other
+// threads wait with named_barrier_sync (count: arriving + waiting threads).
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
 // 16-byte cp.async with zero fill: writes zeros and reads nothing when `valid` is false.
