@@ -21,6 +21,9 @@ mkdir -p "$dest"
 git -C "$root" archive "$rev" csrc flash_mla_backend setup.py pyproject.toml README.md | tar -x -C "$dest"
 mv "$dest/flash_mla_backend" "$dest/$name"
 grep -rlZ flash_mla_backend "$dest" | xargs -0 sed -i "s/flash_mla_backend/$name/g"
+# Its own kernel-choice variable, so that `bench --kernels NAME` of the current build (which sets
+# FLASH_MLA_BACKEND_KERNEL) leaves the variant on its planner's choice.
+grep -rlZ FLASH_MLA_BACKEND_KERNEL "$dest" | xargs -0 -r sed -i "s/FLASH_MLA_BACKEND_KERNEL/${name^^}_KERNEL/g"
 if [ "$ablate" != 0 ]; then
   grep -q FLASH_MLA_BACKEND_SM90_ABLATE "$dest/setup.py" || { echo "$rev has no sm90 ablations" >&2; exit 2; }
   echo "FLASH_MLA_BACKEND_SM90_ABLATE=$ablate" > "$dest/build.env"
