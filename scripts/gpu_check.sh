@@ -10,7 +10,7 @@
 #   compare     the benchmark with peers in the same process: every built .variants/NAME and, if
 #               .peers/flash_mla is there (../shared/tools/anchors), upstream FlashMLA
 #               (COMPARE_ARGS: further benchmark arguments, default --kv-cache bf16)
-#   sanitize    compute-sanitizer memcheck and racecheck on small cases of each kernel
+#   sanitize    compute-sanitizer memcheck, racecheck and synccheck on small cases of each kernel
 #   vllm-tests  tests/vllm_plugin on the GPU, against the vLLM in /tmp/site (from the e2e stage, or
 #               from .device/vllm-bundle if no vLLM is there yet)
 #   sglang-tests  tests/sglang_plugin on the GPU, against the Python-only SGLang 0.5.23 of
@@ -98,7 +98,7 @@ for stage in $stages; do
         ${COMPARE_ARGS:---kv-cache bf16}
       ;;
     sanitize)
-      for tool in memcheck racecheck; do
+      for tool in memcheck racecheck synccheck; do
         run_stage "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
           python3 -m pytest -m gpu tests/test_decode_gpu.py -q -p no:cacheprovider \
           -k "(decode_sweep and b2-sq2-sk140-hq16) or (fp8_decode_sweep and b6-sq4-sk140-hq16)"
@@ -107,7 +107,7 @@ for stage in $stages; do
       # compute-sanitizer follows).
       run_stage sanitize-memcheck-misuse compute-sanitizer --tool memcheck --error-exitcode 1 \
         python3 -m pytest -m gpu tests/test_misuse_gpu.py -q -p no:cacheprovider \
-        -k "(sm80_m16-bf16 and block-past-end) or (sm90-bf16 and negative-block) or (sm80_m64-fp8 and stale)"
+        -k "(sm80_m16-bf16 and block-past-end) or (sm90-bf16 and negative-block) or (sm90_seesaw-bf16 and block-past-end) or (sm80_m64-fp8 and stale)"
       ;;
     vllm-tests)
       [ -d "$SITE/vllm" ] || bash .device/vllm-bundle/install.sh || exit 1

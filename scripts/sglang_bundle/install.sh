@@ -17,6 +17,8 @@ tar -xJf deps-py312.tar.xz -C "$SITE"
 tar -xJf sglang-0.5.23-py.tar.xz -C "$SITE"
 # Import stubs: the shared helper always; each stub package only where the host has no working one.
 cp stubs/_sglang_bundle_stub.py "$SITE/"
+install_stub() { rm -rf "${SITE:?}/$1"; cp -r "stubs/$1" "$SITE/$1" && touch "$SITE/$1/.sglang-bundle-stub"; }
+host_packages=()
 for pkg in sgl_kernel flashinfer flash_mla PIL torchvision sentencepiece; do
   if [ -e "$SITE/$pkg" ] && [ ! -f "$SITE/$pkg/.sglang-bundle-stub" ]; then
     continue  # a real one in $SITE
@@ -24,9 +26,19 @@ for pkg in sgl_kernel flashinfer flash_mla PIL torchvision sentencepiece; do
   rm -rf "${SITE:?}/$pkg"
   if PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "import $pkg" >/dev/null 2>&1; then
     echo "install.sh: using the machine's own $pkg"
+    host_packages+=("$pkg")
   else
-    cp -r "stubs/$pkg" "$SITE/$pkg" && touch "$SITE/$pkg/.sglang-bundle-stub"
+    install_stub "$pkg"
   fi
 done
-PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" check_imports.py
+check_imports() { PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" check_imports.py "$@"; }
+if ! check_imports -v; then
+  # A package of the machine's own can import alone and still break the bundle's transformers
+  # (the H100 host's, 2026-12-06: AutoProcessor failed to import); the attention path calls none
+  # of them, so the stubs, as on a machine without them.
+  [ ${#host_packages[@]} -gt 0 ] || exit 1
+  echo "install.sh: the imports fail with the machine's own ${host_packages[*]}; using the stubs instead"
+  for pkg in "${host_packages[@]}"; do install_stub "$pkg"; done
+  check_imports -v
+fi
 echo "installed; use: export PYTHONPATH=$SITE:\$PYTHONPATH"
