@@ -116,13 +116,11 @@ def _choose_kernel(rows_per_kv_head: int, dev: dict, fp8_cache: bool = False) ->
             f"flash_mla_backend needs a GPU of compute capability 8.0 or newer; "
             f"{dev.get('name', 'this GPU')} has {dev['capability'][0]}.{dev['capability'][1]}"
         )
-    # The Hopper kernels take 16-bit caches; FP8 caches go to the portable kernels for now. With a
-    # full 64-row tile the seesaw schedule hides softmax behind the other warpgroup's matmuls
-    # (docs/sm90-kernel-log.md, 2026-12-06: up to 1.19x); with fewer rows the page loads bound
-    # both schedules and the lockstep one measured 1-2% faster.
+    # The Hopper kernel takes 16-bit caches; FP8 caches go to the portable kernels for now. The
+    # seesaw schedule (sm90_seesaw) measured faster on full 64-row tiles but stays opt-in until
+    # compute-sanitizer's racecheck is clean on it (docs/sm90-kernel-log.md, 2026-12-06).
     if _fits("sm90", dev, fp8_cache):
-        seesaw_pays = rows_per_kv_head >= kernel_info("sm90_seesaw").block_m
-        return "sm90_seesaw" if seesaw_pays else "sm90"
+        return "sm90"
     # One 64-row tile when there are enough query rows to fill it, else 16-row tiles, which
     # also fit GPUs with ~100 KB of shared memory per block (sm_86/sm_89).
     if rows_per_kv_head > 16 and _fits("sm80_m64", dev, fp8_cache):
