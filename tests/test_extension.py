@@ -102,20 +102,20 @@ def test_old_gpus_are_refused():
 
 @needs_extension
 @pytest.mark.parametrize("capability, smem_per_block, rows, kernel",
-                         [((9, 0), 232448, 128, "sm80_m64"), ((9, 0), 232448, 16, "sm80_m16"),
-                          ((8, 9), 101376, 128, "sm80_m16")])
+                         [((9, 0), 232448, 128, "sm90"), ((9, 0), 232448, 16, "sm90"),
+                          ((8, 0), 166912, 128, "sm80_m64"), ((8, 9), 101376, 128, "sm80_m16")])
 def test_fp8_cache_goes_to_a_kernel_that_takes_it(capability, smem_per_block, rows, kernel):
     dev = dict(capability=capability, num_sms=100, smem_per_block=smem_per_block, smem_per_sm=smem_per_block + 1024)
     assert _plan._choose_kernel(rows, dev, fp8_cache=True) == kernel
-    assert _plan.kernel_info(kernel).takes_fp8_cache and not _plan.kernel_info("sm90").takes_fp8_cache
+    assert _plan.kernel_info(kernel).takes_fp8_cache
 
 
 @needs_extension
 def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch):
-    monkeypatch.setenv(_plan.KERNEL_ENV, "sm90")
+    monkeypatch.setenv(_plan.KERNEL_ENV, "sm90_seesaw")  # the seesaw schedule takes 16-bit caches only
     h200 = dict(capability=(9, 0), num_sms=132, smem_per_block=232448, smem_per_sm=233472)
-    assert _plan._choose_kernel(16, h200) == "sm90"
-    with pytest.raises(_plan.UnsupportedDeviceError, match="'sm90' cannot run on this device.*with an FP8 cache"):
+    assert _plan._choose_kernel(16, h200) == "sm90_seesaw"
+    with pytest.raises(_plan.UnsupportedDeviceError, match="'sm90_seesaw' cannot run.*with an FP8 cache"):
         _plan._choose_kernel(16, h200, fp8_cache=True)
 
 

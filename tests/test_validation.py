@@ -85,8 +85,6 @@ FP8_CASES = [
     (False, "k_cache", lambda a: a["k_cache"].view(torch.uint8), TypeError,
      r"k_cache: pass an FP8 cache stored as bytes as k_cache.view\(torch.float8_e4m3fn\)"),
     (False, "is_fp8_kvcache", lambda a: False, ValueError, "is_fp8_kvcache=False disagrees with k_cache's dtype"),
-    (False, "tile_scheduler_metadata", lambda a: valid_args()["tile_scheduler_metadata"], ValueError,
-     r"tile_scheduler_metadata must have shape \(\d+, 8\)"),  # a schedule made for a bf16 cache
     (True, "descale_q", lambda a: None, ValueError, "descale_q is required with a float8_e4m3fn q"),
     (True, "k_cache", lambda a: a["k_cache"].float().bfloat16(), TypeError,
      "k_cache must have dtype torch.float8_e4m3fn"),

@@ -24,6 +24,13 @@
 //      page buffer is released to the producer through its "empty" mbarrier.
 // Both warpgroups hold the same running max (computed from the same values), and each its own
 // partial row sum, added at the end.
+//
+// FP8 (e4m3) caches, lockstep only: the producer's first thread TMA-loads each piece's 4 KB of raw
+// bytes (64 tokens x 64 columns, unswizzled) into the upper half of the piece's 8 KB slot; the
+// whole producer warpgroup then converts the piece in place into the 128B-swizzled 16-bit layout
+// (exactly: common/fp8_e4m3.h) and arrives on the piece's "full" barrier, so the math is the
+// 16-bit kernel's and 16-bit MMAs keep the accuracy. The dequantisation scales are folded into the
+// score scale and the output; an e4m3 q is converted on its way into shared memory.
 #include "decode/decode_kernels.h"
 
 #include <cuda.h>
@@ -39,6 +46,7 @@
 #include <type_traits>
 
 #include "common/dependent_launch.cuh"
+#include "common/fp8_e4m3.h"
 #include "common/input_checks.cuh"
 #include "common/row_output.cuh"
 #include "decode/sm90/ablation.h"
@@ -56,6 +64,9 @@ constexpr int kPiecesQK = kHeadDimQK / kPieceCols;       // 9
 constexpr int kTileBytes = kPiecesQK * kPieceBytes;      // 72 KB: Q tile or one page of K
 constexpr int kStages = 2;                               // page buffers
 constexpr int kQChunksPerRow = kHeadDimQK / 8;           // 16-byte chunks per Q row
+// FP8 caches: a piece's raw e4m3 bytes land in the upper half of its slot and are converted in place.
+constexpr int kRawPieceBytes = kPageSize * kPieceCols;   // 4 KB
+constexpr int kRawPieceOffset = kPieceBytes - kRawPieceBytes;
 
 static_assert(kBlockM == 64 && kPageSize == 64, "the kernel is written for 64-row tiles and 64-token pages");
 static_assert(kHeadDimQK % kPieceCols == 0 && kHeadDimV % kPieceCols == 0, "head dims in 64-column pieces");
@@ -71,9 +82,12 @@ struct Smem {
   static constexpr int kRowMax = kX + kPieceBytes;                 // float [2 warpgroups][64 rows]
   static constexpr int kRowSum = kRowMax + 2 * kBlockM * 4;        // float [2][64]
   static constexpr int kFullBar = kRowSum + 2 * kBlockM * 4;       // uint64 [kStages][9]
+  // uint64 [kStages][9]: FP8 caches, the piece's raw bytes have landed (its "full" barrier then
+  // means converted).
+  static constexpr int kRawFullBar = kFullBar + kStages * kPiecesQK * 8;
   // uint64 [kStages][2]: the buffer may be reloaded (lockstep: [slot][0] only; seesaw: [slot][w]
   // for the pieces whose last reader is math warpgroup w).
-  static constexpr int kEmptyBar = kFullBar + kStages * kPiecesQK * 8;
+  static constexpr int kEmptyBar = kRawFullBar + kStages * kPiecesQK * 8;
   static constexpr int kPartCheckBar = kEmptyBar + kStages * 2 * 8;     // uint64: the part check is done
   static constexpr int kPartMatches = kPartCheckBar + 8;               // uint32: its answer (0 / 1)
   static constexpr int kBadBlock = kPartMatches + 4;  // uint32 [kStages]: the buffer's block id is outside the cache
@@ -90,10 +104,8 @@ enum class Schedule { kLockstep, kSeesaw };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-// Registers per thread after setmaxnreg: 2 x 128 x 232 + 128 x 40 = 64512 of the SM's 65536.
-constexpr int kMathRegisters = 232;
-constexpr int kProducerRegisters = 40;
 constexpr int kMathBarrier = 1;                          // named barrier of the 256 math threads
+constexpr int kConvertBarrier = 6;                       // FP8 caches: the 128 producer threads
 constexpr int kPartCheckWarp = kMathThreads / 32 + 1;    // the producer warpgroup's second warp
 constexpr int kPiecesV = kHeadDimV / kPieceCols;         // 8: the value columns
 constexpr int kValueColsPerWarpgroup = kHeadDimV / 2;    // 256
@@ -103,10 +115,18 @@ constexpr int kKStepsPerWarpgroup = kKStepsQK / 2;       // 18: each warpgroup r
 constexpr int kRopePiece = kPiecesQK - 1;                // 8: read by WG1's Q.K^T only, then free
 static_assert(kKStepsQK % 2 == 0, "the Q.K^T k-steps split evenly between the two math warpgroups");
 
-template <typename Element, Schedule kSchedule>
+// Element: the 16-bit type the math runs in (bf16 for an e4m3 q); kFp8Q, kFp8Cache: q, the cache
+// are e4m3.
+template <typename Element, Schedule kSchedule, bool kFp8Q, bool kFp8Cache>
 class DecodeCta {
   using Mma = Wgmma<Element>;
   static constexpr bool kSeesaw = kSchedule == Schedule::kSeesaw;
+  static_assert(!kFp8Cache || !kSeesaw, "FP8 caches run on the lockstep schedule");
+  static_assert(kFp8Cache || !kFp8Q, "an FP8 q comes with an FP8 cache");
+  // Registers per thread after setmaxnreg: 2 x 128 x 232 + 128 x 40 (FP8 caches: 224 + 56, for
+  // the producer warpgroup's conversion) = 64512 of the SM's 65536.
+  static constexpr int kMathRegisters = kFp8Cache ? 224 : 232;
+  static constexpr int kProducerRegisters = kFp8Cache ? 56 : 40;
 
  public:
   __device__ DecodeCta(const DecodeParams& p, const CUtensorMap* kv_map, bool kv_tokens_inner, uint32_t base,
@@ -118,6 +138,7 @@ class DecodeCta {
         kv_smem_(base + Smem::kKV),
         x_smem_(base + Smem::kX),
         full_bar_(base + Smem::kFullBar),
+        raw_full_bar_(base + Smem::kRawFullBar),
         empty_bar_(base + Smem::kEmptyBar),
         part_check_bar_(base + Smem::kPartCheckBar),
         part_matches_(reinterpret_cast<volatile uint32_t*>(base_ptr + Smem::kPartMatches)),
@@ -132,7 +153,8 @@ class DecodeCta {
         lane_(threadIdx.x % 32),
         // Broadcast from lane 0, so that ptxas knows the warpgroup index is uniform in a warp and
         // keeps the wgmmas of a branch on it pipelined.
-        wg_(__shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0)) {
+        wg_(__shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0)),
+        score_scale_log2_(score_scale_log2(p)) {
     part_ = load_scheduler_part(p, blockIdx.z);
     const int last_row = min((m_block_ + 1) * kBlockM, p.rows_per_kv_head) - 1;
     last_token_ = last_row / p.heads_per_kv;
@@ -140,7 +162,10 @@ class DecodeCta {
 
   __device__ void run() {
     if (tid_ == 0) {
-      for (int i = 0; i < kStages * kPiecesQK; ++i) mbarrier_init(full_bar_ + 8 * i, 1);
+      for (int i = 0; i < kStages * kPiecesQK; ++i) {
+        mbarrier_init(full_bar_ + 8 * i, kFp8Cache ? 128 : 1);  // FP8: the converting threads
+        mbarrier_init(raw_full_bar_ + 8 * i, 1);
+      }
       for (int i = 0; i < kStages * 2; ++i) mbarrier_init(empty_bar_ + 8 * i, kSeesaw ? 128 : kMathThreads);
       mbarrier_init(part_check_bar_, 1);
       mbarrier_init_fence();
@@ -152,8 +177,8 @@ class DecodeCta {
     // warpgroup to the math warpgroups.
     if (wg_ == 2) {
       setmaxnreg_dec<kProducerRegisters>();
-      if (tid_ == kMathThreads) produce();
       if (warp_ == kPartCheckWarp) check_part();
+      if (kFp8Cache || tid_ == kMathThreads) produce();  // FP8 caches: the whole warpgroup converts
     } else {
       setmaxnreg_inc<kMathRegisters>();
       consume();
@@ -180,6 +205,9 @@ class DecodeCta {
   }
 
   __device__ uint32_t full_bar(int slot, int piece) const { return full_bar_ + 8 * (slot * kPiecesQK + piece); }
+  __device__ uint32_t raw_full_bar(int slot, int piece) const {
+    return raw_full_bar_ + 8 * (slot * kPiecesQK + piece);
+  }
   __device__ uint32_t empty_bar(int slot, int reader = 0) const { return empty_bar_ + 8 * (2 * slot + reader); }
   __device__ uint32_t kv_slot(int slot) const { return kv_smem_ + slot * kTileBytes; }
 
@@ -197,47 +225,107 @@ class DecodeCta {
   }
 
   // ------------------------------------------------------------------------------------------
-  // Producer: one thread. Lockstep: page g of the part goes to buffer g % 2. Seesaw: a request's
-  // pages go in pairs, the first of a pair to buffer 0, the second to buffer 1. Before reloading
-  // the pieces of a buffer it waits until their last readers have released the page there.
+  // Producer: one thread issues the loads. Lockstep: page g of the part goes to buffer g % 2.
+  // Seesaw: a request's pages go in pairs, the first of a pair to buffer 0, the second to buffer
+  // 1. Before reloading the pieces of a buffer it waits until their last readers have released
+  // the page there. FP8 caches: every thread of the producer warpgroup converts each page after
+  // its raw bytes land.
   // ------------------------------------------------------------------------------------------
-  // A block id outside the cache is still loaded (TMA fills coordinates outside the tensor with
-  // zeros), so the math threads walk the same pages as ever; the buffer's flag, written before
-  // the pieces' barriers are armed (their arrival releases it), makes the request NaN.
-  __device__ void produce() {
-    prefetch_tensormap(kv_map_);
+  // Calls visit(slot, loads, block_entry) for each page of the part in order: its buffer, the
+  // number of pages that buffer held before, and the page's block-table entry.
+  template <typename Visit>
+  __device__ void walk_pages(Visit&& visit) const {
     int g = 0;
     int loads0 = 0, loads1 = 0;  // pages loaded into buffer 0 and 1 so far (scalars: no local memory)
     for (int req = part_.begin_req; req <= part_.end_req; ++req) {
       const PageRange range = page_range(req);
       const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
       for (int page = range.begin; page < range.end; ++page, ++g) {
-        const int block = block_table[ablated(kL2OnlyLoads) ? range.begin : page];
         const int slot = (kSeesaw ? page - range.begin : g) % kStages;
-        const int loads = slot == 0 ? loads0 : loads1;
+        visit(slot, slot == 0 ? loads0 : loads1, block_table + (ablated(kL2OnlyLoads) ? range.begin : page));
+        loads0 += slot == 0;
+        loads1 += slot == 1;
+      }
+    }
+  }
+
+  // A block id outside the cache is still loaded (TMA fills coordinates outside the tensor with
+  // zeros), so the math threads walk the same pages as ever; the buffer's flag, written before
+  // the pieces' barriers are armed (their arrival releases it), makes the request NaN.
+  __device__ void produce() {
+    const bool issuer = tid_ == kMathThreads;
+    if (issuer) prefetch_tensormap(kv_map_);
+    walk_pages([&](int slot, int loads, const int* block_entry) {
+      if (issuer) {
+        const int block = *block_entry;
         const uint32_t parity = uint32_t((loads - 1) & 1);
-        const uint32_t dst = kv_slot(slot);
 #pragma unroll 1
         for (int reader = 0; reader < (kSeesaw ? 2 : 1); ++reader) {
           if (loads > 0) mbarrier_wait(empty_bar(slot, reader), parity);
           if (reader == 0) bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
           const int end = kSeesaw && reader == 0 ? first_piece_of_reader(slot, 1) : kPiecesQK;
 #pragma unroll 1
-          for (int i = first_piece_of_reader(slot, reader); i < end; ++i) {
-            const int piece = piece_at(slot, i);
-            const uint32_t bar = full_bar(slot, piece);
-            mbarrier_arrive_expect_tx(bar, kPieceBytes);
-            // Coordinates (innermost first): column, then kv head and token in page in the map's
-            // order, then block.
-            tma_load_4d(dst + piece * kPieceBytes, kv_map_, bar, piece * kPieceCols, kv_tokens_inner_ ? 0 : kv_head_,
-                        kv_tokens_inner_ ? kv_head_ : 0, block);
-          }
+          for (int i = first_piece_of_reader(slot, reader); i < end; ++i) load_piece(slot, piece_at(slot, i), block);
         }
-        loads0 += slot == 0;
-        loads1 += slot == 1;
       }
+      if constexpr (kFp8Cache) convert_page(slot, uint32_t(loads & 1));
+    });
+  }
+
+  // One piece of a page into its place in buffer `slot` (FP8 caches: the raw bytes, into the
+  // upper half), completing on the piece's barrier.
+  __device__ void load_piece(int slot, int piece, int block) const {
+    const uint32_t bar = kFp8Cache ? raw_full_bar(slot, piece) : full_bar(slot, piece);
+    mbarrier_arrive_expect_tx(bar, kFp8Cache ? kRawPieceBytes : kPieceBytes);
+    // Coordinates (innermost first): column, then kv head and token in page in the map's order,
+    // then block.
+    tma_load_4d(kv_slot(slot) + piece * kPieceBytes + (kFp8Cache ? kRawPieceOffset : 0), kv_map_, bar,
+                piece * kPieceCols, kv_tokens_inner_ ? 0 : kv_head_, kv_tokens_inner_ ? kv_head_ : 0, block);
+  }
+
+  // Pieces alternate between the halves that math warpgroup 1 (pieces 4-8) and 0 (pieces 0-4)
+  // read first, so that both can start early: 4, 0, 5, 1, 6, 2, 7, 3, 8.
+  __device__ static constexpr int conversion_order(int i) { return i % 2 == 0 ? kPiecesV / 2 + i / 2 : i / 2; }
+
+  // FP8 caches: the page in buffer `slot` (phase parity `parity`) from raw e4m3 (token r at
+  // r * 64 in the upper half of each piece) to the 128B-swizzled Element layout, in place. Thread
+  // t of the warpgroup takes 16-byte raw chunks t and t + 128 (token chunk / 4, columns
+  // 16 (chunk % 4)..): reads and writes free of bank conflicts. Every thread reads all its bytes
+  // of a piece before any thread writes into it.
+  __device__ void convert_page(int slot, uint32_t parity) const {
+    const int thread = tid_ - kMathThreads;
+#pragma unroll 1
+    for (int i = 0; i < kPiecesQK; ++i) {
+      const int piece = conversion_order(i);
+      const uint32_t dst = kv_slot(slot) + piece * kPieceBytes;
+      mbarrier_wait(raw_full_bar(slot, piece), parity);
+      uint32_t raw[2][4];
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(raw[c][0]), "=r"(raw[c][1]), "=r"(raw[c][2]), "=r"(raw[c][3])
+                     : "r"(dst + kRawPieceOffset + (thread + 128 * c) * 16)
+                     : "memory");
+      named_barrier_sync(kConvertBarrier, 128);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int chunk = thread + 128 * c, row = chunk / 4;
+        uint32_t out[8];
+        convert_e4m3x16<Element>(raw[c], out);
+#pragma unroll
+        for (int k = 0; k < 2; ++k)
+          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + swizzled(row, 2 * (chunk % 4) + k)),
+                       "r"(out[4 * k]), "r"(out[4 * k + 1]), "r"(out[4 * k + 2]), "r"(out[4 * k + 3])
+                       : "memory");
+      }
+      fence_proxy_async_smem();  // read by wgmma next
+      mbarrier_arrive(full_bar(slot, piece));
     }
   }
+
+  // Byte offset of 16-byte chunk `chunk` of row `row` in a 64 x 64 piece with 128B swizzle (the
+  // layout TMA produces for a 16-bit piece).
+  __device__ static uint32_t swizzled(int row, int chunk) { return uint32_t(row * 128 + ((chunk ^ (row % 8)) << 4)); }
 
   // One producer warp: whether the part's requests have the lengths the schedule was made from,
   // published through an mbarrier that the math threads wait on before their first output.
@@ -292,27 +380,50 @@ class DecodeCta {
   }
 
   // Q rows of this tile -> shared memory, as nine 64 x 64 pieces in the 128B-swizzle layout that
-  // TMA produces for K (16-byte chunk c of row r at r * 128 + ((c ^ (r % 8)) * 16)). Rows past
-  // rows_per_kv_head are zero and never written out.
+  // TMA produces for K. Rows past rows_per_kv_head are zero and never written out. An e4m3 q is
+  // converted on the way (16 bytes read, two chunks written per step).
   __device__ void load_q(int req) {
-    const Element* q = static_cast<const Element*>(p_.q) + int64_t(req) * p_.q_batch_stride;
-#pragma unroll 6
-    for (int i = 0; i < kBlockM * kQChunksPerRow / kMathThreads; ++i) {
+    using Stored = std::conditional_t<kFp8Q, uint8_t, Element>;
+    constexpr int kStoredChunksPerRow = kHeadDimQK * int(sizeof(Stored)) / 16;
+    constexpr int kSteps = kBlockM * kStoredChunksPerRow / kMathThreads;
+    static_assert(kBlockM * kStoredChunksPerRow % kMathThreads == 0, "Q chunks split evenly over the math threads");
+    const Stored* q = static_cast<const Stored*>(p_.q) + int64_t(req) * p_.q_batch_stride;
+#pragma unroll 3
+    for (int i = 0; i < kSteps; ++i) {
       const int idx = i * kMathThreads + tid_;
-      const int row = idx / kQChunksPerRow, chunk = idx % kQChunksPerRow;
+      const int row = idx / kStoredChunksPerRow, chunk = idx % kStoredChunksPerRow;
       const int q_row = m_block_ * kBlockM + row;
       const bool valid = q_row < p_.rows_per_kv_head;
-      const Element* src = q;
+      const Stored* src = q;
       if (valid) {
         const QueryRow qr(p_, kv_head_, q_row);
-        src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * 8;
+        src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * (16 / int(sizeof(Stored)));
       }
-      const uint32_t dst = q_smem_ + (chunk / 8) * kPieceBytes + row * 128 + (((chunk % 8) ^ (row % 8)) << 4);
-      cp_async_16_zfill(dst, src, valid);
+      if constexpr (kFp8Q) {
+        uint32_t raw[4] = {0u, 0u, 0u, 0u};
+        if (valid) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+          raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
+        }
+        uint32_t out[8];
+        convert_e4m3x16<Element>(raw, out);
+#pragma unroll
+        for (int k = 0; k < 2; ++k)
+          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(q_chunk_addr(row, 2 * chunk + k)),
+                       "r"(out[4 * k]), "r"(out[4 * k + 1]), "r"(out[4 * k + 2]), "r"(out[4 * k + 3])
+                       : "memory");
+      } else {
+        cp_async_16_zfill(q_chunk_addr(row, chunk), src, valid);
+      }
     }
-    cp_async_wait_all();
+    if constexpr (!kFp8Q) cp_async_wait_all();
     fence_proxy_async_smem();  // the generic-proxy writes above are read by wgmma next
     named_barrier_sync(kMathBarrier, kMathThreads);
+  }
+
+  // Shared address of 16-byte chunk `chunk` (of 72) of Q tile row `row`.
+  __device__ uint32_t q_chunk_addr(int row, int chunk) const {
+    return q_smem_ + (chunk / 8) * kPieceBytes + swizzled(row, chunk % 8);
   }
 
   // Partial S[64 x 64] over k-steps 18 W .. 18 W + 17 (16 columns each) of the page in `kv`,
@@ -408,7 +519,7 @@ class DecodeCta {
         const int h = e / 2;
         const int key = key0 + 8 * j + (e & 1);
         // A select, never a multiply: the scores of unused cache slots may be NaN.
-        const float v = key < key_limit[h] ? s[4 * j + e] * p_.scale_log2 : -CUDART_INF_F;
+        const float v = key < key_limit[h] ? s[4 * j + e] * score_scale_log2_ : -CUDART_INF_F;
         s[4 * j + e] = v;
         tile_max[h] = fmaxf(tile_max[h], v);
       }
@@ -600,7 +711,7 @@ class DecodeCta {
       for (int e = 0; e < 4; ++e) {
         const int h = e / 2;
         // A select, never a multiply: the scores of unused cache slots may be NaN.
-        const float v = key0 + 8 * j + (e & 1) < key_limit[h] ? s[4 * j + e] * p_.scale_log2 : -CUDART_INF_F;
+        const float v = key0 + 8 * j + (e & 1) < key_limit[h] ? s[4 * j + e] * score_scale_log2_ : -CUDART_INF_F;
         s[4 * j + e] = v;
         tile_max[h] = fmaxf(tile_max[h], v);
       }
@@ -791,20 +902,21 @@ class DecodeCta {
   const DecodeParams& p_;
   const CUtensorMap* const kv_map_;
   const bool kv_tokens_inner_;  // the map's dimension 1 is the token (else the kv head)
-  const uint32_t q_smem_, kv_smem_, x_smem_, full_bar_, empty_bar_, part_check_bar_;
+  const uint32_t q_smem_, kv_smem_, x_smem_, full_bar_, raw_full_bar_, empty_bar_, part_check_bar_;
   volatile uint32_t* const part_matches_;
   volatile uint32_t* const bad_block_;
   volatile uint32_t* const valid_;
   float* const row_max_;
   float* const row_sum_;
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;
+  const float score_scale_log2_;  // softmax scale in base 2, times the FP8 dequantisation scales
   SchedulerPart part_;
   int last_token_;
 };
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename Element, Schedule kSchedule>
+template <typename Element, Schedule kSchedule, bool kFp8Q, bool kFp8Cache>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap kv_map,
                   bool kv_tokens_inner) {
@@ -814,7 +926,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Align the base to 1024 bytes in the shared window (the launch reserves the slack).
   const uint32_t raw = smem_u32(smem);
   const uint32_t base = (raw + Smem::kAlign - 1) & ~uint32_t(Smem::kAlign - 1);
-  DecodeCta<Element, kSchedule>(params, &kv_map, kv_tokens_inner, base, smem + (base - raw)).run();
+  DecodeCta<Element, kSchedule, kFp8Q, kFp8Cache>(params, &kv_map, kv_tokens_inner, base, smem + (base - raw)).run();
 #else
   __trap();  // only sm_90a machine code is meant to run; the launcher refuses other GPUs
 #endif
@@ -860,17 +972,18 @@ struct KvTensorMap {
 
 // KV cache [num_blocks, 64, h_kv, 576] as a 4-d tensor (innermost first): column, kv head, token,
 // block, with the cache's real strides (kv head and token swap places when the token stride is
-// the smaller, so that strides grow outwards); boxes of 64 columns x 64 tokens x 1 head x 1 block,
-// 128B swizzle: one 64 x 64 piece of a page, rows of 128 bytes. TMA needs 16-byte aligned strides
-// (the Python layer checks that).
-template <typename Element>
+// the smaller, so that strides grow outwards); boxes of 64 columns x 64 tokens x 1 head x 1 block:
+// one 64 x 64 piece of a page, 128B-swizzled rows of 128 bytes for a 16-bit cache, unswizzled rows
+// of 64 bytes for an e4m3 one (the kernel converts and swizzles them). TMA needs 16-byte aligned
+// strides (the Python layer checks that).
+template <typename Element, bool kFp8Cache>
 KvTensorMap make_kv_tensor_map(const DecodeParams& p) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr)
     throw std::runtime_error(
         "flash_mla_backend: the CUDA driver does not provide cuTensorMapEncodeTiled, needed by the sm90 decode "
         "kernel");
-  constexpr int64_t kElem = 2;
+  constexpr int64_t kElem = kFp8Cache ? 1 : 2;
   const int64_t token_stride = p.k_token_stride * kElem;
   const int64_t block_stride = p.k_block_stride * kElem;
   // A single kv head's stride is never used; give it the dense value.
@@ -891,12 +1004,13 @@ KvTensorMap make_kv_tensor_map(const DecodeParams& p) {
   const cuuint32_t box[4] = {cuuint32_t(sm90::kPieceCols), result.tokens_inner ? cuuint32_t(kPageSize) : 1u,
                              result.tokens_inner ? 1u : cuuint32_t(kPageSize), 1};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type =
-      std::is_same<Element, __nv_bfloat16>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult res =
-      encode(&result.map, type, 4, const_cast<void*>(p.k_cache), dims, strides, box, element_strides,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUtensorMapDataType type = kFp8Cache                                    ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                   : std::is_same<Element, __nv_bfloat16>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                                                 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult res = encode(&result.map, type, 4, const_cast<void*>(p.k_cache), dims, strides, box,
+                              element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              kFp8Cache ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (res != CUDA_SUCCESS)
     throw std::runtime_error("flash_mla_backend: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(res)) +
                              ") for k_cache with strides (block " + std::to_string(p.k_block_stride) + ", token " +
@@ -905,11 +1019,11 @@ KvTensorMap make_kv_tensor_map(const DecodeParams& p) {
   return result;
 }
 
-template <typename Element, sm90::Schedule kSchedule>
+template <typename Element, sm90::Schedule kSchedule, bool kFp8Q = false, bool kFp8Cache = false>
 void launch(const DecodeParams& params, cudaStream_t stream) {
   check_device();
-  const KvTensorMap kv_map = make_kv_tensor_map<Element>(params);
-  auto* kernel = sm90::decode_kernel<Element, kSchedule>;
+  const KvTensorMap kv_map = make_kv_tensor_map<Element, kFp8Cache>(params);
+  auto* kernel = sm90::decode_kernel<Element, kSchedule, kFp8Q, kFp8Cache>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::Smem::kBytes);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("flash_mla_backend: the sm90 decode kernel needs ") +
@@ -920,9 +1034,16 @@ void launch(const DecodeParams& params, cudaStream_t stream) {
 }
 
 const DecodeKernel kKernels[] = {
-    // 16-bit inputs only: the planner sends FP8 caches to the portable kernels.
-    {"sm90", sm90::kBlockM, sm90::Smem::kBytes, 9, 0, /*arch_specific=*/true,
-     {&launch<__nv_bfloat16, sm90::Schedule::kLockstep>, &launch<__half, sm90::Schedule::kLockstep>}},
+    {"sm90",
+     sm90::kBlockM,
+     sm90::Smem::kBytes,
+     9,
+     0,
+     /*arch_specific=*/true,
+     {&launch<__nv_bfloat16, sm90::Schedule::kLockstep>, &launch<__half, sm90::Schedule::kLockstep>,
+      &launch<__nv_bfloat16, sm90::Schedule::kLockstep, false, true>,
+      &launch<__half, sm90::Schedule::kLockstep, false, true>,
+      &launch<__nv_bfloat16, sm90::Schedule::kLockstep, true, true>}},
     // Chosen only by name (FLASH_MLA_BACKEND_KERNEL) until racecheck is clean on it.
     {"sm90_seesaw", sm90::kBlockM, sm90::Smem::kBytes, 9, 0, /*arch_specific=*/true,
      {&launch<__nv_bfloat16, sm90::Schedule::kSeesaw>, &launch<__half, sm90::Schedule::kSeesaw>}},
