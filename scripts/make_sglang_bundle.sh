@@ -68,10 +68,11 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 "$PY312" -m pip install -q --no-index --no-deps --no-compile --target "$tmp/deps-tree" "$tmp"/whl/*.whl
 (cd "$tmp/whl" && ls *.whl) > "$out/wheels.txt"
 # Left out of the tree, to keep the bundle small, only what nothing imports at run time: console
-# scripts, test suites, type stubs, numpy's f2py, TVM-FFI's C++ headers (for JIT builds of SGLang
-# kernels the bundle does not run), and transformers' modular_*.py (the sources its modeling files
-# are generated from).
-(cd "$tmp/deps-tree" && rm -rf bin numpy/f2py tvm_ffi/include tvm_ffi/3rdparty &&
+# scripts, test suites, type stubs, TVM-FFI's C++ headers (for JIT builds of SGLang kernels the
+# bundle does not run), and transformers' modular_*.py (the sources its modeling files are
+# generated from). numpy's f2py stays: a host's scipy (which transformers imports) reaches it
+# through `from numpy import *` (the H100 host, 2026-12-07).
+(cd "$tmp/deps-tree" && rm -rf bin tvm_ffi/include tvm_ffi/3rdparty &&
    find . -depth \( -name tests -o -name __pycache__ \) -type d -exec rm -rf {} + &&
    find . \( -name '*.pyi' -o -path './transformers/models/*/modular_*.py' \) -delete)
 tar -cf - -C "$tmp/deps-tree" . | xz -9e -T0 > "$out/deps-py312.tar.xz"
