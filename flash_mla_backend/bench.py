@@ -263,6 +263,12 @@ def format_row(r, peer_names):
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
+def format_skipped_row(kernel, kv_cache, config, reason):
+    b, s_q, s_k, h_q, varlen, causal = config
+    cells = [kernel, kv_cache, b, s_q, s_k, h_q, "T" if varlen else "F", "T" if causal else "F", f"skipped: {reason}"]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="auto",
@@ -307,9 +313,15 @@ def main(argv=None):
     for index, (config, (kernel, kv_cache)) in enumerate((c, r) for c in configs for r in runs):
         print(f"[{index + 1}/{total}] {kernel} {kv_cache} {config}", file=sys.stderr, flush=True)
         row_peers = [m for m in peers if kv_cache == "bf16" or takes_fp8(m)]
-        r = bench_config(kernel, kv_cache, config, row_peers, fp8_peers)
-        results.append(r)
-        print(format_row(r, names), flush=True)
+        try:
+            r = bench_config(kernel, kv_cache, config, row_peers, fp8_peers)
+        except torch.OutOfMemoryError:
+            # The largest rows with every contender's cache (an FP8 peer adds its own) may not fit
+            # a smaller GPU (H100, 80 GB): the row is reported and the run goes on.
+            print(format_skipped_row(kernel, kv_cache, config, "out of GPU memory"), flush=True)
+        else:
+            results.append(r)
+            print(format_row(r, names), flush=True)
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

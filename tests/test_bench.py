@@ -1,5 +1,5 @@
-"""The benchmark: its refusal, with the reason, where it cannot time anything, the roofline
-drawing, and (GPU) the FP8 rows' extra contenders."""
+"""The benchmark: its refusal, with the reason, where it cannot time anything, rows that do not
+fit the GPU, the roofline drawing, and (GPU) the FP8 rows' extra contenders."""
 
 import pytest
 import torch
@@ -11,6 +11,33 @@ from flash_mla_backend import bench
 def test_without_gpu_it_says_so_and_exits_2(capsys):
     assert bench.main([]) == 2
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_a_row_out_of_gpu_memory_is_reported_and_the_run_goes_on(monkeypatch, capsys, tmp_path):
+    # Everything that would touch a GPU stands in; the second row runs out of memory.
+    calls = []
+
+    def bench_config(kernel, kv_cache, config, peers, fp8_peers=()):
+        calls.append(config)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 24.36 GiB")
+        b, s_q, s_k, h_q, varlen, causal = config
+        return bench.Result(kernel, kv_cache, b, s_q, s_k, h_q, varlen, causal, 10.0, 1.0, 1.0, [10.0], {})
+
+    monkeypatch.setattr(bench, "check_device", lambda: None)
+    monkeypatch.setattr(bench, "measure_ceilings", lambda: {"copy_tbps": 1.0, "read_tbps": 1.0, "matmul_tflops": 1.0})
+    monkeypatch.setattr(bench, "bench_config", bench_config)
+    monkeypatch.setattr(bench._plan, "_device_properties", lambda device: {})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    out_json = tmp_path / "bench.json"
+    assert bench.main(["--kernels", "sm90", "--kv-cache", "bf16", "--rows", "0,3,8", "--json", str(out_json)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| sm90")]
+    assert calls == [bench.CONFIGS[0], bench.CONFIGS[3], bench.CONFIGS[8]]
+    assert lines[1] == "| sm90 | bf16 | 128 | 1 | 32768 | 128 | T | F | skipped: out of GPU memory |"
+    assert "skipped" not in lines[0] + lines[2] and len(lines) == 3
+    import json
+    assert [r["s_k"] for r in json.loads(out_json.read_text())["results"]] == [4096, 8192]
 
 
 def test_roofline_is_drawn(tmp_path):
