@@ -114,7 +114,8 @@ def test_persistent_schedule_refuses_more_requests_than_max_num_seqs(make_mla_se
 
 @pytest.mark.parametrize("full_cudagraphs", [False, True], ids=["eager", "cudagraph"])
 def test_fp8_cache_gets_the_fp8_schedule(make_mla_setup, make_batch, case_seed, full_cudagraphs):
-    # At TP8's 16 heads the FP8 kernel's schedule has more parts than the bf16 one (two CTAs per SM).
+    # The builder plans for the kernel that reads an FP8 cache (on the nominal Hopper device the sm90
+    # kernel, whose schedule is the bf16 one since it takes FP8 caches; elsewhere a portable kernel's).
     num_heads = 16
     generator = torch.Generator().manual_seed(case_seed)
     setup = make_mla_setup(num_heads=num_heads, device="cpu", cache_dtype="fp8", full_cudagraphs=full_cudagraphs)
@@ -124,5 +125,4 @@ def test_fp8_cache_gets_the_fp8_schedule(make_mla_setup, make_batch, case_seed, 
     metadata = setup.builder.build(0, batch)
 
     fp8_plan = plan_decode(num_heads, 1, torch.device("cpu"), fp8_cache=True)
-    assert fp8_plan.num_sm_parts != plan_decode(num_heads, 1, torch.device("cpu")).num_sm_parts
     assert metadata.decode.tile_scheduler_metadata.shape == (fp8_plan.num_sm_parts, 8)
