@@ -63,14 +63,12 @@ constexpr int kPieceBytes = kPageSize * kPieceCols * 2;  // 8 KB
 constexpr int kPiecesQK = kHeadDimQK / kPieceCols;       // 9
 constexpr int kTileBytes = kPiecesQK * kPieceBytes;      // 72 KB: Q tile or one page of K
 constexpr int kStages = 2;                               // page buffers
-constexpr int kQChunksPerRow = kHeadDimQK / 8;           // 16-byte chunks per Q row
 // FP8 caches: a piece's raw e4m3 bytes land in the upper half of its slot and are converted in place.
 constexpr int kRawPieceBytes = kPageSize * kPieceCols;   // 4 KB
 constexpr int kRawPieceOffset = kPieceBytes - kRawPieceBytes;
 
 static_assert(kBlockM == 64 && kPageSize == 64, "the kernel is written for 64-row tiles and 64-token pages");
 static_assert(kHeadDimQK % kPieceCols == 0 && kHeadDimV % kPieceCols == 0, "head dims in 64-column pieces");
-static_assert((kBlockM * kQChunksPerRow) % kMathThreads == 0, "Q chunks split evenly over the math threads");
 
 // Shared memory, in bytes from a 1024-byte aligned base (128B-swizzle atoms need that alignment).
 struct Smem {
