@@ -18,10 +18,11 @@
 #               if no SGLang is there yet: a folder of its own, as its dependencies (pydantic,
 #               transformers 5, ...) are not the versions vLLM's bundles put into /tmp/site
 #   e2e-park    first copy of the end-to-end check: park .device/vllm-e2e/part1 in /tmp/p
-#   e2e         second copy, same machine: vLLM 0.26.0's offline engine serves a tiny DeepSeek-V2,
-#               TRITON_MLA against our FLASHMLA, token by token (E2E_BACKENDS, E2E_KV_DTYPE,
-#               E2E_EAGER, E2E_PHASES, E2E_TOL: ../shared/tools/vllm-gpu-e2e); E2E_SPAWN=1 runs
-#               the engine core in a spawned process, which must load our plugin itself
+#   e2e         second copy, same machine: vLLM 0.26.0's offline engine (installed from
+#               ../shared/tools/vllm-gpu-e2e's parts) serves a tiny DeepSeek model, TRITON_MLA against
+#               our FLASHMLA, token by token: scripts/vllm_e2e.py (E2E_BACKENDS, E2E_KV_DTYPE,
+#               E2E_EAGER, E2E_PHASES, E2E_TOL, E2E_MTP for speculative decoding with an MTP draft);
+#               E2E_SPAWN=1 runs the engine core in a spawned process, which must load our plugin itself
 # Build-time packages the machine lacks (nvidia-cutlass) come from wheels in .whl/ if present;
 # .device/ is made by scripts/prepare_device_bundles.sh (docs/gpu-host.md says what to carry when).
 set -uo pipefail
@@ -128,9 +129,10 @@ for stage in $stages; do
     e2e)
       [ -d .device/vllm-e2e/part1 ] || cp -r /tmp/p/part1 .device/vllm-e2e/ || exit 1
       name=e2e${E2E_KV_DTYPE:+-$E2E_KV_DTYPE}
+      [ "${E2E_MTP:-0}" != 0 ] && name=$name-mtp$E2E_MTP
       [ "${E2E_EAGER:-1}" = 0 ] && name=$name-graphs
       if [ "${E2E_SPAWN:-0}" = 1 ]; then
-        # Insecure serialization lets e2e.py's probe of the attention impls reach the other process.
+        # Insecure serialization lets vllm_e2e.py's probe of the attention impls reach the other process.
         export VLLM_ENABLE_V1_MULTIPROCESSING=1 VLLM_WORKER_MULTIPROC_METHOD=spawn VLLM_ALLOW_INSECURE_SERIALIZATION=1
         name=$name-spawn
       fi
@@ -141,7 +143,7 @@ for stage in $stages; do
       fi
       # FlashInfer is not installed there; VLLM_USE_FLASHINFER_SAMPLER=0 keeps vLLM's sampler off it.
       E2E_BACKENDS=${E2E_BACKENDS:-TRITON_MLA,FLASHMLA} VLLM_USE_FLASHINFER_SAMPLER=0 TVM_FFI_DISABLE_TORCH_C_DLPACK=1 \
-        PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" run_stage "$name" python3 .device/vllm-e2e/e2e.py
+        PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" run_stage "$name" python3 scripts/vllm_e2e.py
       # Our plugin's log line in every FLASHMLA engine process (each phase; the spawned one too).
       grep -H "flash-mla-backend" /tmp/v26e2e/log_*_FLASHMLA.txt | tee -a "$OUT/$name.log" ||
         { echo "no plugin log line found"; status=1; }

@@ -220,11 +220,13 @@ def test_eager_step_matches_reference(sglang_api, case, cache, case_seed):
     assert (lse - expected_lse).abs().max().item() < MAX_LSE_ERROR
 
 
-def test_cuda_graph_replay_matches_reference(sglang_api, case_seed):
-    """Captured with SGLang's placeholder lengths, replayed with real ones, as SGLang's graph runner does."""
+@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+def test_cuda_graph_replay_matches_reference(sglang_api, cache, case_seed):
+    """Captured with SGLang's placeholder lengths, replayed with real ones, as SGLang's graph runner does;
+    with an e4m3 pool, replayed again after the layer's k_scale changed in place (the graph reads it)."""
     mode = sglang_api.ForwardMode.DECODE
     cache_lens = (1, 65, 500, 1000)
-    setup = _build(sglang_api, mode, cache_lens, 1, case_seed)
+    setup = _build(sglang_api, mode, cache_lens, 1, case_seed, fp8_cache=cache == "fp8")
     backend = setup.backend
     backend.init_cuda_graph_state(max_bs=len(cache_lens), max_num_tokens=len(cache_lens))
     placeholder = backend.get_cuda_graph_seq_len_fill_value()
@@ -243,5 +245,9 @@ def test_cuda_graph_replay_matches_reference(sglang_api, case_seed):
         static_q.copy_(setup.q)
         graph.replay()
         torch.cuda.synchronize()
-    expected_out, _ = _expected(setup)
-    _check_output(graph_out, expected_out)
+        _check_output(graph_out, _expected(setup)[0])
+        if cache == "fp8":
+            setup.layer.k_scale.mul_(1.5)
+            graph.replay()
+            torch.cuda.synchronize()
+            _check_output(graph_out, _expected(setup)[0])
