@@ -288,6 +288,14 @@ class DecodeCta {
   __device__ static constexpr int converted_piece(int step, int k) { return k == 0 ? kPiecesV / 2 + step : step; }
   __device__ static constexpr int pieces_in_step(int step) { return step < kPiecesV / 2 ? 2 : 1; }
 
+  // Sixteen e4m3 values as sixteen Element values: two 16-byte chunks, at `first` and `second`.
+  __device__ static void convert_and_store_e4m3x16(const uint32_t (&raw)[4], uint32_t first, uint32_t second) {
+    uint32_t out[8];
+    convert_e4m3x16<Element>(raw, out);
+    st_shared_v4(first, reinterpret_cast<const uint32_t(&)[4]>(out[0]));
+    st_shared_v4(second, reinterpret_cast<const uint32_t(&)[4]>(out[4]));
+  }
+
   // FP8 caches: the page in buffer `slot` (phase parity `parity`) from raw e4m3 (token r at
   // r * 64 in the upper half of each piece) to the 128B-swizzled Element layout, in place. Thread
   // t of the warpgroup takes 16-byte raw chunks t and t + 128 of a piece (token chunk / 4,
@@ -305,11 +313,7 @@ class DecodeCta {
         const uint32_t src = kv_slot(slot) + converted_piece(step, k) * kPieceBytes + kRawPieceOffset + thread * 16;
         mbarrier_wait(raw_full_bar(slot, converted_piece(step, k)), parity);
 #pragma unroll
-        for (int c = 0; c < 2; ++c)
-          asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                       : "=r"(raw[k][c][0]), "=r"(raw[k][c][1]), "=r"(raw[k][c][2]), "=r"(raw[k][c][3])
-                       : "r"(src + c * 128 * 16)
-                       : "memory");
+        for (int c = 0; c < 2; ++c) ld_shared_v4(src + c * 128 * 16, raw[k][c]);
       }
       named_barrier_sync(kConvertBarrier, 128);
 #pragma unroll
@@ -319,13 +323,8 @@ class DecodeCta {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int chunk = thread + 128 * c, row = chunk / 4;
-          uint32_t out[8];
-          convert_e4m3x16<Element>(raw[k][c], out);
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + swizzled(row, 2 * (chunk % 4) + h)),
-                         "r"(out[4 * h]), "r"(out[4 * h + 1]), "r"(out[4 * h + 2]), "r"(out[4 * h + 3])
-                         : "memory");
+          convert_and_store_e4m3x16(raw[k][c], dst + swizzled(row, 2 * (chunk % 4)),
+                                    dst + swizzled(row, 2 * (chunk % 4) + 1));
         }
       }
       fence_proxy_async_smem();  // read by wgmma next
@@ -417,13 +416,7 @@ class DecodeCta {
           const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
           raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
         }
-        uint32_t out[8];
-        convert_e4m3x16<Element>(raw, out);
-#pragma unroll
-        for (int k = 0; k < 2; ++k)
-          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(q_chunk_addr(row, 2 * chunk + k)),
-                       "r"(out[4 * k]), "r"(out[4 * k + 1]), "r"(out[4 * k + 2]), "r"(out[4 * k + 3])
-                       : "memory");
+        convert_and_store_e4m3x16(raw, q_chunk_addr(row, 2 * chunk), q_chunk_addr(row, 2 * chunk + 1));
       } else {
         cp_async_16_zfill(q_chunk_addr(row, chunk), src, valid);
       }
@@ -500,9 +493,7 @@ class DecodeCta {
         float x[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) x[e] = wg_ == 0 ? sp[16 + 4 * v + e] : sp[4 * v + e];
-        asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(send + v * 128 * 16), "f"(x[0]), "f"(x[1]),
-                     "f"(x[2]), "f"(x[3])
-                     : "memory");
+        st_shared_v4(send + v * 128 * 16, x);
       }
     }
     named_barrier_sync(kMathBarrier, kMathThreads);  // both partials are in shared memory
@@ -512,10 +503,7 @@ class DecodeCta {
 #pragma unroll
       for (int v = 0; v < 4; ++v) {
         float x[4];
-        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=f"(x[0]), "=f"(x[1]), "=f"(x[2]), "=f"(x[3])
-                     : "r"(recv + v * 128 * 16)
-                     : "memory");
+        ld_shared_v4(recv + v * 128 * 16, x);
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[4 * v + e] = (wg_ == 0 ? sp[4 * v + e] : sp[16 + 4 * v + e]) + x[e];
       }
