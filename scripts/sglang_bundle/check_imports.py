@@ -42,6 +42,15 @@ CHECKS = [
     ("sglang.srt.layers.radix_attention", ["RadixAttention"]),
     ("sglang.test.kits.attention_unittest.attention_methods.mla_attention",
      ["MLAAttentionCase", "MockMLAModelRunner", "TinyMLAModelConfig"]),
+    # The kit's runner modes that tests/sglang_plugin/test_sglang_gpu_kit.py drives (they import
+    # SGLang's speculative workers, and through them its scheduler).
+    ("sglang.test.kits.attention_unittest.runner_modes.cuda_graph_decode_runner", ["run_mla_cuda_graph_decode_case"]),
+    ("sglang.test.kits.attention_unittest.runner_modes.speculative_target_verify_runner",
+     ["run_mla_eagle_verify_case", "run_mla_eagle_verify_cuda_graph_case"]),
+    ("sglang.test.kits.attention_unittest.runner_modes.speculative_draft_extend_runner",
+     ["run_mla_draft_extend_v2_cuda_graph_case", "run_mla_eagle_draft_extend_v2_cuda_graph_runner_case"]),
+    ("sglang.test.kits.attention_unittest.runner_modes.speculative_draft_runner",
+     ["run_mla_eagle_draft_cuda_graph_runner_case"]),
     # What tests/sglang_plugin/test_plugin.py uses besides.
     ("sglang.srt.server_args", ["prepare_server_args"]),
     ("sglang.srt.speculative.draft_utils", ["DraftBackendFactory"]),
