@@ -220,18 +220,27 @@ def test_eager_step_matches_reference(sglang_api, case, cache, case_seed):
     assert (lse - expected_lse).abs().max().item() < MAX_LSE_ERROR
 
 
+GRAPH_CASES = {  # (mode, cache lengths, query tokens per request)
+    "decode": ("DECODE", (1, 65, 500, 1000), 1),
+    "target_verify": ("TARGET_VERIFY", (2, 66, 500, 1000), 2),
+}
+
+
 @pytest.mark.parametrize("cache", ["bf16", "fp8"])
-def test_cuda_graph_replay_matches_reference(sglang_api, cache, case_seed):
+@pytest.mark.parametrize("case", sorted(GRAPH_CASES))
+def test_cuda_graph_replay_matches_reference(sglang_api, case, cache, case_seed):
     """Captured with SGLang's placeholder lengths, replayed with real ones, as SGLang's graph runner does;
     with an e4m3 pool, replayed again after the layer's k_scale changed in place (the graph reads it)."""
-    mode = sglang_api.ForwardMode.DECODE
-    cache_lens = (1, 65, 500, 1000)
-    setup = _build(sglang_api, mode, cache_lens, 1, case_seed, fp8_cache=cache == "fp8")
+    mode_name, cache_lens, query_len = GRAPH_CASES[case]
+    mode = getattr(sglang_api.ForwardMode, mode_name)
+    setup = _build(sglang_api, mode, cache_lens, query_len, case_seed, fp8_cache=cache == "fp8")
     backend = setup.backend
-    backend.init_cuda_graph_state(max_bs=len(cache_lens), max_num_tokens=len(cache_lens))
+    backend.init_cuda_graph_state(max_bs=len(cache_lens), max_num_tokens=len(cache_lens) * query_len)
     placeholder = backend.get_cuda_graph_seq_len_fill_value()
     capture_batch = _batch(sglang_api, setup, mode, [placeholder] * len(cache_lens))
     static_q = torch.zeros_like(setup.q)
+    # SGLang's seq_lens include a decode step's new token but not the drafts under verification.
+    seq_lens = [n - (query_len if mode.is_target_verify() else 0) for n in cache_lens]
 
     with torch.no_grad():
         backend.init_forward_metadata_out_graph(capture_batch, in_capture=True)
@@ -241,7 +250,7 @@ def test_cuda_graph_replay_matches_reference(sglang_api, cache, case_seed):
         with torch.cuda.graph(graph):
             graph_out = _forward(setup, capture_batch, static_q)
 
-        backend.init_forward_metadata_out_graph(_batch(sglang_api, setup, mode, list(cache_lens)))
+        backend.init_forward_metadata_out_graph(_batch(sglang_api, setup, mode, seq_lens))
         static_q.copy_(setup.q)
         graph.replay()
         torch.cuda.synchronize()

@@ -3,11 +3,16 @@
 SGLang 0.5.23's test kit (sglang.test.kits.attention_unittest) runs an attention backend the way
 SGLang's model runner does: a small DeepSeek MLA attention module (projections, RadixAttention,
 output projection) writes its keys into SGLang's MLA pool through the backend, calls it, and its
-output is compared with the kit's own PyTorch attention over the unquantised keys. Its runner
-modes capture and replay SGLang's production graph runners: the decode CUDA-graph runner, the
-target-verify one, EAGLEDraftCudaGraphRunner (multi-step draft: FlashMLAMultiStepDraftBackend
-builds one FlashMLABackend per draft step) and EAGLEDraftExtendV2CudaGraphRunner (draft-extend v2).
-SGLang 0.5.23 has no other draft-extend mode (ForwardMode lists DRAFT_EXTEND_V2 only).
+output is compared with the kit's own PyTorch attention over the unquantised keys. Its CUDA-graph
+modes for decode, target-verify and draft-extend v2 run the backends' graph metadata paths (state
+made for the capture batch size, metadata filled at capture with placeholder lengths, refilled
+for the replay batch) and then the step itself eagerly, against the kit's attention; the real
+capture and replay of decode and target-verify are in test_sglang_gpu_decode.py. Two modes capture
+and replay SGLang's production graph runners, compared with an eager run of the same backend:
+EAGLEDraftCudaGraphRunner (multi-step draft: FlashMLAMultiStepDraftBackend builds one
+FlashMLABackend per draft step after the first) and EAGLEDraftExtendCudaGraphRunner in its
+draft-extend-v2 mode. SGLang 0.5.23 has no other draft-extend mode (ForwardMode lists
+DRAFT_EXTEND_V2 only).
 
 Every case uses backend "flashmla", which after load_plugins() builds our subclass, at DeepSeek's
 MLA sizes (kv_lora_rank 512, rope 64, 16 heads, page 64) in bf16. A spy on the subclass's kernel
@@ -86,7 +91,7 @@ def kit():
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the subclass's calls into our kernels (captured graphs count once, at capture)."""
+    """The subclass instances that called our kernels (in a captured graph: once, at capture)."""
     from flash_mla_backend.sglang_plugin.backend import FlashMLABackendOnOurKernels
 
     calls = []
@@ -151,7 +156,7 @@ def test_draft_extend_v2_eager(kit, kernel_calls):
 
 
 def test_draft_extend_v2_cuda_graph(kit, kernel_calls):
-    """Captured at padded lengths, replayed with real ones, against the kit's attention."""
+    """Graph metadata made at padded lengths, refilled with real ones; the step against the kit's attention."""
     kit["run_mla_draft_extend_v2_cuda_graph_case"](
         _KitTestCase(), _case(kit, "fmb_draft_extend_graph", "DRAFT_EXTEND_V2", DRAFT_TOKENS), **MLA_SIZES,
         cuda_graph_capture_batch_size=len(PREFIX_LENS),
@@ -160,7 +165,7 @@ def test_draft_extend_v2_cuda_graph(kit, kernel_calls):
 
 
 def test_draft_extend_v2_production_graph_runner(kit, kernel_calls):
-    """SGLang's EAGLEDraftExtendV2CudaGraphRunner replayed against an eager run of the same step."""
+    """SGLang's EAGLEDraftExtendCudaGraphRunner (draft-extend v2) replayed against an eager run of the same step."""
     kit["run_mla_eagle_draft_extend_v2_cuda_graph_runner_case"](
         _KitTestCase(), _case(kit, "fmb_draft_extend_runner", "DRAFT_EXTEND_V2", DRAFT_TOKENS), **MLA_SIZES,
         cuda_graph_capture_batch_size=len(PREFIX_LENS),
@@ -171,10 +176,12 @@ def test_draft_extend_v2_production_graph_runner(kit, kernel_calls):
 def test_multi_step_draft_production_graph_runner(kit, kernel_calls):
     """SGLang's EAGLEDraftCudaGraphRunner over FlashMLAMultiStepDraftBackend (one of our backends per
     draft step after the first), replayed against an eager run of the same draft steps."""
+    steps = DRAFT_TOKENS
     kit["run_mla_eagle_draft_cuda_graph_runner_case"](
         _KitTestCase(), _case(kit, "fmb_multi_step_draft", "DECODE", 1), **MLA_SIZES,
-        topk=1, speculative_num_steps=DRAFT_TOKENS, speculative_num_draft_tokens=DRAFT_TOKENS + 1,
+        topk=1, speculative_num_steps=steps, speculative_num_draft_tokens=steps + 1,
         cuda_graph_capture_batch_size=len(PREFIX_LENS),
     )
-    # The eager run's draft steps and the capture both went through our backends, one per step.
-    assert len({id(backend) for backend in kernel_calls}) >= 2 * (DRAFT_TOKENS - 1)
+    # The eager run and the capture each went through their own backends, one per draft step but
+    # the last (which attends to nothing new).
+    assert len({id(backend) for backend in kernel_calls}) == 2 * (steps - 1)
