@@ -106,7 +106,7 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def _case(kit, name, mode_name, query_len):
+def _case(kit, name, mode_name, query_len, prefix_lens=PREFIX_LENS):
     mode = getattr(kit["ForwardMode"], mode_name)
     return kit["MLAAttentionCase"](
         name=name,
@@ -114,8 +114,8 @@ def _case(kit, name, mode_name, query_len):
         forward_mode=mode,
         num_heads=NUM_HEADS,
         page_size=reference.PAGE_SIZE,
-        prefix_lens=PREFIX_LENS,
-        extend_lens=() if mode.is_decode() else (query_len,) * len(PREFIX_LENS),
+        prefix_lens=prefix_lens,
+        extend_lens=() if mode.is_decode() else (query_len,) * len(prefix_lens),
     )
 
 
@@ -124,10 +124,16 @@ def test_decode_eager(kit, kernel_calls):
     assert kernel_calls
 
 
-def test_decode_cuda_graph(kit, kernel_calls):
+# Graph metadata made for 4 requests and used by 4, or by 3 with the runner's padding rows.
+CAPTURE_BATCH_SIZE = len(PREFIX_LENS)
+REPLAY_BATCHES = {"full": PREFIX_LENS, "padded": PREFIX_LENS[:-1]}
+
+
+@pytest.mark.parametrize("replay", sorted(REPLAY_BATCHES))
+def test_decode_cuda_graph(kit, kernel_calls, replay):
     kit["run_mla_cuda_graph_decode_case"](
-        _KitTestCase(), _case(kit, "fmb_decode_graph", "DECODE", 1), **MLA_SIZES,
-        cuda_graph_capture_batch_size=len(PREFIX_LENS),
+        _KitTestCase(), _case(kit, f"fmb_decode_graph_{replay}", "DECODE", 1, REPLAY_BATCHES[replay]), **MLA_SIZES,
+        cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
     )
     assert kernel_calls
 
@@ -139,10 +145,12 @@ def test_target_verify_eager(kit, kernel_calls):
     assert kernel_calls
 
 
-def test_target_verify_cuda_graph(kit, kernel_calls):
+@pytest.mark.parametrize("replay", sorted(REPLAY_BATCHES))
+def test_target_verify_cuda_graph(kit, kernel_calls, replay):
     kit["run_mla_eagle_verify_cuda_graph_case"](
-        _KitTestCase(), _case(kit, "fmb_verify_graph", "TARGET_VERIFY", DRAFT_TOKENS), topk=1, **MLA_SIZES,
-        cuda_graph_capture_batch_size=len(PREFIX_LENS),
+        _KitTestCase(), _case(kit, f"fmb_verify_graph_{replay}", "TARGET_VERIFY", DRAFT_TOKENS,
+                              REPLAY_BATCHES[replay]),
+        topk=1, **MLA_SIZES, cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
     )
     assert kernel_calls
 
@@ -155,11 +163,13 @@ def test_draft_extend_v2_eager(kit, kernel_calls):
     assert kernel_calls
 
 
-def test_draft_extend_v2_cuda_graph(kit, kernel_calls):
+@pytest.mark.parametrize("replay", sorted(REPLAY_BATCHES))
+def test_draft_extend_v2_cuda_graph(kit, kernel_calls, replay):
     """Graph metadata made at padded lengths, refilled with real ones; the step against the kit's attention."""
     kit["run_mla_draft_extend_v2_cuda_graph_case"](
-        _KitTestCase(), _case(kit, "fmb_draft_extend_graph", "DRAFT_EXTEND_V2", DRAFT_TOKENS), **MLA_SIZES,
-        cuda_graph_capture_batch_size=len(PREFIX_LENS),
+        _KitTestCase(), _case(kit, f"fmb_draft_extend_graph_{replay}", "DRAFT_EXTEND_V2", DRAFT_TOKENS,
+                              REPLAY_BATCHES[replay]),
+        **MLA_SIZES, cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
     )
     assert kernel_calls
 
@@ -168,7 +178,7 @@ def test_draft_extend_v2_production_graph_runner(kit, kernel_calls):
     """SGLang's EAGLEDraftExtendCudaGraphRunner (draft-extend v2) replayed against an eager run of the same step."""
     kit["run_mla_eagle_draft_extend_v2_cuda_graph_runner_case"](
         _KitTestCase(), _case(kit, "fmb_draft_extend_runner", "DRAFT_EXTEND_V2", DRAFT_TOKENS), **MLA_SIZES,
-        cuda_graph_capture_batch_size=len(PREFIX_LENS),
+        cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
     )
     assert kernel_calls
 
@@ -180,7 +190,7 @@ def test_multi_step_draft_production_graph_runner(kit, kernel_calls):
     kit["run_mla_eagle_draft_cuda_graph_runner_case"](
         _KitTestCase(), _case(kit, "fmb_multi_step_draft", "DECODE", 1), **MLA_SIZES,
         topk=1, speculative_num_steps=steps, speculative_num_draft_tokens=steps + 1,
-        cuda_graph_capture_batch_size=len(PREFIX_LENS),
+        cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
     )
     # The eager run and the capture each went through their own backends, one per draft step but
     # the last (which attends to nothing new).
