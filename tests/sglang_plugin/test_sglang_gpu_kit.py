@@ -119,57 +119,39 @@ def _case(kit, name, mode_name, query_len, prefix_lens=PREFIX_LENS):
     )
 
 
-def test_decode_eager(kit, kernel_calls):
-    kit["run_mla_attention_case"](_KitTestCase(), _case(kit, "fmb_decode", "DECODE", 1), **MLA_SIZES)
-    assert kernel_calls
-
-
-# Graph metadata made for 4 requests and used by 4, or by 3 with the runner's padding rows.
+# (kit function, mode, query tokens per request, its further arguments). Draft-extend v2: every
+# request extends by the full window, so the window-aligned key lengths are the batch's.
+EAGER_CASES = {
+    "decode": ("run_mla_attention_case", "DECODE", 1, {}),
+    "target_verify": ("run_mla_eagle_verify_case", "TARGET_VERIFY", DRAFT_TOKENS, {"topk": 1}),
+    "draft_extend_v2": ("run_mla_attention_case", "DRAFT_EXTEND_V2", DRAFT_TOKENS, {}),
+}
+# Graph metadata made at placeholder lengths for CAPTURE_BATCH_SIZE requests, refilled with real
+# ones for the same number, or for one fewer with the runner's padding rows; the step against the
+# kit's attention.
+GRAPH_METADATA_CASES = {
+    "decode": ("run_mla_cuda_graph_decode_case", "DECODE", 1, {}),
+    "target_verify": ("run_mla_eagle_verify_cuda_graph_case", "TARGET_VERIFY", DRAFT_TOKENS, {"topk": 1}),
+    "draft_extend_v2": ("run_mla_draft_extend_v2_cuda_graph_case", "DRAFT_EXTEND_V2", DRAFT_TOKENS, {}),
+}
 CAPTURE_BATCH_SIZE = len(PREFIX_LENS)
 REPLAY_BATCHES = {"full": PREFIX_LENS, "padded": PREFIX_LENS[:-1]}
 
 
-@pytest.mark.parametrize("replay", sorted(REPLAY_BATCHES))
-def test_decode_cuda_graph(kit, kernel_calls, replay):
-    kit["run_mla_cuda_graph_decode_case"](
-        _KitTestCase(), _case(kit, f"fmb_decode_graph_{replay}", "DECODE", 1, REPLAY_BATCHES[replay]), **MLA_SIZES,
-        cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
-    )
-    assert kernel_calls
-
-
-def test_target_verify_eager(kit, kernel_calls):
-    kit["run_mla_eagle_verify_case"](
-        _KitTestCase(), _case(kit, "fmb_verify", "TARGET_VERIFY", DRAFT_TOKENS), topk=1, **MLA_SIZES
-    )
+@pytest.mark.parametrize("step", sorted(EAGER_CASES))
+def test_eager_step(kit, kernel_calls, step):
+    function, mode_name, query_len, arguments = EAGER_CASES[step]
+    kit[function](_KitTestCase(), _case(kit, f"fmb_{step}", mode_name, query_len), **MLA_SIZES, **arguments)
     assert kernel_calls
 
 
 @pytest.mark.parametrize("replay", sorted(REPLAY_BATCHES))
-def test_target_verify_cuda_graph(kit, kernel_calls, replay):
-    kit["run_mla_eagle_verify_cuda_graph_case"](
-        _KitTestCase(), _case(kit, f"fmb_verify_graph_{replay}", "TARGET_VERIFY", DRAFT_TOKENS,
-                              REPLAY_BATCHES[replay]),
-        topk=1, **MLA_SIZES, cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
-    )
-    assert kernel_calls
-
-
-def test_draft_extend_v2_eager(kit, kernel_calls):
-    """Every request extends by the full window, so the window-aligned key lengths are the batch's."""
-    kit["run_mla_attention_case"](
-        _KitTestCase(), _case(kit, "fmb_draft_extend", "DRAFT_EXTEND_V2", DRAFT_TOKENS), **MLA_SIZES
-    )
-    assert kernel_calls
-
-
-@pytest.mark.parametrize("replay", sorted(REPLAY_BATCHES))
-def test_draft_extend_v2_cuda_graph(kit, kernel_calls, replay):
-    """Graph metadata made at padded lengths, refilled with real ones; the step against the kit's attention."""
-    kit["run_mla_draft_extend_v2_cuda_graph_case"](
-        _KitTestCase(), _case(kit, f"fmb_draft_extend_graph_{replay}", "DRAFT_EXTEND_V2", DRAFT_TOKENS,
-                              REPLAY_BATCHES[replay]),
-        **MLA_SIZES, cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
+@pytest.mark.parametrize("step", sorted(GRAPH_METADATA_CASES))
+def test_cuda_graph_metadata_step(kit, kernel_calls, step, replay):
+    function, mode_name, query_len, arguments = GRAPH_METADATA_CASES[step]
+    kit[function](
+        _KitTestCase(), _case(kit, f"fmb_{step}_graph_{replay}", mode_name, query_len, REPLAY_BATCHES[replay]),
+        **MLA_SIZES, **arguments, cuda_graph_capture_batch_size=CAPTURE_BATCH_SIZE,
     )
     assert kernel_calls
 
