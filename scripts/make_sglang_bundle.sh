@@ -11,7 +11,8 @@
 # their wheels into one tree; and import stubs of our own (scripts/sglang_bundle/stubs) for the
 # compiled packages built for torch 2.14.1 (sgl_kernel, flashinfer, flash_mla) and for compiled
 # libraries those modules import but the attention path never uses (PIL, torchvision,
-# sentencepiece, setproctitle). Both trees are xz tarballs (the 56 wheels alone would be about 50 MB).
+# sentencepiece, setproctitle, datasets). Both trees are xz tarballs (the 56 wheels alone would be
+# about 50 MB).
 # Size: about 31 MB, 23 MB of it the dependencies (numpy and transformers the largest).
 # Takes about 5 minutes (xz -9e).
 set -euo pipefail

@@ -51,6 +51,8 @@ CHECKS = [
      ["run_mla_draft_extend_v2_cuda_graph_case", "run_mla_eagle_draft_extend_v2_cuda_graph_runner_case"]),
     ("sglang.test.kits.attention_unittest.runner_modes.speculative_draft_runner",
      ["run_mla_eagle_draft_cuda_graph_runner_case"]),
+    # Imported inside the EAGLE draft runner cases when they configure their draft runner.
+    ("sglang.test.test_utils", ["server_args_variant"]),
     # What tests/sglang_plugin/test_plugin.py uses besides.
     ("sglang.srt.server_args", ["prepare_server_args"]),
     ("sglang.srt.speculative.draft_utils", ["DraftBackendFactory"]),

@@ -19,7 +19,7 @@ tar -xJf sglang-0.5.23-py.tar.xz -C "$SITE"
 cp stubs/_sglang_bundle_stub.py "$SITE/"
 install_stub() { rm -rf "${SITE:?}/$1"; cp -r "stubs/$1" "$SITE/$1" && touch "$SITE/$1/.sglang-bundle-stub"; }
 host_packages=()
-for pkg in sgl_kernel flashinfer flash_mla PIL torchvision sentencepiece setproctitle; do
+for pkg in sgl_kernel flashinfer flash_mla PIL torchvision sentencepiece setproctitle datasets; do
   if [ -e "$SITE/$pkg" ] && [ ! -f "$SITE/$pkg/.sglang-bundle-stub" ]; then
     continue  # a real one in $SITE
   fi

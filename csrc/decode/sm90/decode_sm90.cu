@@ -750,14 +750,21 @@ class DecodeCta {
     }
   }
 
+  __device__ static bool is_tail(int page, int seqlen) { return page * kPageSize + kPageSize > seqlen; }
+
   // The tail page's rows past the sequence end, zeroed by the warpgroup that scored it (its
-  // Q.K^T waited on every piece), before the signal that lets the other warpgroup read them and
-  // before its own P.V.
+  // Q.K^T waited on every piece, `own_tail`), before the signal that lets the other warpgroup read
+  // them and before its own P.V. In a pair holding the tail, the other warpgroup passes its own
+  // barrier here too: both warpgroups then wait at equally many barriers in every pair, which
+  // compute-sanitizer's racecheck needs to see the 256-thread barriers order the two (it flagged
+  // write_result's row-sum exchange otherwise; docs/sm90-kernel-log.md, 2026-12-07).
   template <int W>
-  __device__ void zero_rows_past_end(int page, int seqlen) const {
-    if (page * kPageSize + kPageSize <= seqlen) return;
-    zero_value_rows<128>(kv_slot(W), seqlen - page * kPageSize, tid_ % 128);
-    fence_proxy_async_smem();
+  __device__ void zero_rows_past_end(int page, int seqlen, bool own_tail, bool pair_has_tail) const {
+    if (!pair_has_tail) return;
+    if (own_tail) {
+      zero_value_rows<128>(kv_slot(W), seqlen - page * kPageSize, tid_ % 128);
+      fence_proxy_async_smem();
+    }
     named_barrier_sync(kWarpgroupBarrier + W, 128);  // this warpgroup's own P.V reads them next
   }
 
@@ -787,6 +794,7 @@ class DecodeCta {
     uint32_t p[16];
     float new_max[2], tile_sum[2];
     bool in_cache = true;
+    const bool first_is_tail = is_tail(page, seqlen), second_is_tail = has_second && is_tail(page + 1, seqlen);
     if (wg_ == 0) {
 #pragma unroll
       for (int i = 0; i < 32; ++i) s[i] = 0.f;
@@ -795,7 +803,7 @@ class DecodeCta {
       fence_operands(s);
       in_cache = bad_block_[0] == 0;  // rewritten only after this warpgroup releases buffer 0
       page_probabilities<0>(s, page, key_limit, row_max, new_max, p, tile_sum);
-      zero_rows_past_end<0>(page, seqlen);
+      zero_rows_past_end<0>(page, seqlen, first_is_tail, first_is_tail || second_is_tail);
       fence_proxy_async_smem();  // the P tile is read by WG1's wgmma
       named_barrier_arrive(kFirstPageBarrier, kMathThreads);
       move_max(acc, row_max, row_sum, new_max);
@@ -820,6 +828,9 @@ class DecodeCta {
         wgmma_wait<0>();
         fence_operands(acc);
         mbarrier_arrive(empty_bar(1, 0));
+      } else {
+        // A pair without its second page passes barrier 3 too, for racecheck's count (above).
+        named_barrier_sync(kSecondPageBarrier, kMathThreads);
       }
     } else {
       // No branch may lie between a wgmma and its wait (ptxas would serialize every wgmma of the
@@ -831,8 +842,8 @@ class DecodeCta {
         page_scores<1>(s, parity_second);
         fence_operands(s);
         in_cache = bad_block_[1] == 0;
-        zero_rows_past_end<1>(page + 1, seqlen);
       }
+      zero_rows_past_end<1>(page + 1, seqlen, second_is_tail, first_is_tail || second_is_tail);
       named_barrier_sync(kFirstPageBarrier, kMathThreads);
       float first_max[2];
 #pragma unroll
@@ -858,6 +869,7 @@ class DecodeCta {
         fence_operands(acc);
         mbarrier_arrive(empty_bar(1, 1));
       } else {
+        named_barrier_arrive(kSecondPageBarrier, kMathThreads);
         pv_from_smem(acc, 0);
         wgmma_wait<0>();
         fence_operands(acc);
