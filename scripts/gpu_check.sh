@@ -102,7 +102,7 @@ for stage in $stages; do
       for tool in memcheck racecheck synccheck; do
         run_stage "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
           python3 -m pytest -m gpu tests/test_decode_gpu.py -q -p no:cacheprovider \
-          -k "(decode_sweep and b2-sq2-sk140-hq16) or (fp8_decode_sweep and b6-sq4-sk140-hq16)"
+          -k "(decode_sweep and (b2-sq2-sk140-hq16 or b6-sq2-sk140-hq64)) or (fp8_decode_sweep and b6-sq4-sk140-hq16)"
       done
       # Misuse: no read or write outside the inputs (each case runs in a child process, which
       # compute-sanitizer follows).
