@@ -563,7 +563,7 @@ class DecodeCta {
 #pragma unroll
     for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * scale[h] + tile_sum[h];
 
-    if (page * kPageSize + kPageSize > seqlen) {
+    if (is_tail(page, seqlen)) {
       // Each warpgroup's Q.K^T waited on only half of the pieces (WG0 0-4, WG1 4-8): observe the
       // arrival of every value piece before overwriting rows of it (the phase cannot move on
       // before this thread arrives on "empty", so the waits return at once).
@@ -750,6 +750,7 @@ class DecodeCta {
     }
   }
 
+  // Whether page `page` holds the sequence end, i.e. rows past it that may hold NaN.
   __device__ static bool is_tail(int page, int seqlen) { return page * kPageSize + kPageSize > seqlen; }
 
   // The tail page's rows past the sequence end, zeroed by the warpgroup that scored it (its
