@@ -43,7 +43,7 @@ def test_unknown_kernel_lists_the_valid_names(monkeypatch):
         pytest.skip("flash_mla_backend._C is not built (the kernel names come from it)")
     monkeypatch.setenv(_plan.KERNEL_ENV, "sm91")
     with pytest.raises(ValueError, match=r"FLASH_MLA_BACKEND_KERNEL='sm91' names no decode kernel; valid names: "
-                                         r"sm90, sm90_seesaw, sm80_m64, sm80_m16"):
+                                         r"sm90, sm90_seesaw, sm90_narrow16, sm90_narrow32, sm80_m64, sm80_m16"):
         fmb.get_mla_metadata(torch.ones(2, dtype=torch.int32), 16, 1)
 
 

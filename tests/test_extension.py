@@ -111,12 +111,25 @@ def test_fp8_cache_goes_to_a_kernel_that_takes_it(capability, smem_per_block, ro
 
 
 @needs_extension
-def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch):
-    monkeypatch.setenv(_plan.KERNEL_ENV, "sm90_seesaw")  # the seesaw schedule takes 16-bit caches only
+@pytest.mark.parametrize("kernel", ["sm90_seesaw", "sm90_narrow16", "sm90_narrow32"])  # 16-bit caches only
+def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch, kernel):
+    monkeypatch.setenv(_plan.KERNEL_ENV, kernel)
     h200 = dict(capability=(9, 0), num_sms=132, smem_per_block=232448, smem_per_sm=233472)
-    assert _plan._choose_kernel(16, h200) == "sm90_seesaw"
-    with pytest.raises(_plan.UnsupportedDeviceError, match="'sm90_seesaw' cannot run.*with an FP8 cache"):
+    assert _plan._choose_kernel(16, h200) == kernel
+    with pytest.raises(_plan.UnsupportedDeviceError, match=f"'{kernel}' cannot run.*with an FP8 cache"):
         _plan._choose_kernel(16, h200, fp8_cache=True)
+
+
+@needs_extension
+@pytest.mark.parametrize("kernel, rows, num_m_blocks",
+                         [("sm90_narrow16", 16, 1), ("sm90_narrow16", 48, 3), ("sm90_narrow32", 16, 1),
+                          ("sm90_narrow32", 48, 2), ("sm90", 48, 1)])
+def test_schedule_counts_tiles_of_the_kernels_rows(monkeypatch, kernel, rows, num_m_blocks):
+    # The swapped-operand kernels take 16 or 32 query rows per CTA; the schedule must say so.
+    monkeypatch.setenv(_plan.KERNEL_ENV, kernel)
+    plan = _plan.plan_decode(rows, 1, torch.device("cpu"))
+    assert (plan.kernel, plan.num_m_blocks) == (kernel, num_m_blocks)
+    assert plan.block_m == _plan.kernel_info(kernel).block_m
 
 
 @needs_extension

@@ -25,7 +25,7 @@ constexpr int kMaxGridDimYZ = 65535;
 
 std::vector<const DecodeKernel*> all_decode_kernels() {
   std::vector<const DecodeKernel*> kernels;
-  for (const DecodeKernel* family : {sm90_decode_kernels(), sm80_decode_kernels()})
+  for (const DecodeKernel* family : {sm90_decode_kernels(), sm90_narrow_decode_kernels(), sm80_decode_kernels()})
     for (const DecodeKernel* k = family; k->name != nullptr; ++k) kernels.push_back(k);
   return kernels;
 }

@@ -54,6 +54,7 @@ struct MmaTraits<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
+  static __device__ __forceinline__ __nv_bfloat16 round(float x) { return __float2bfloat16_rn(x); }
 };
 
 template <>
@@ -69,6 +70,7 @@ struct MmaTraits<__half> {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
   }
+  static __device__ __forceinline__ __half round(float x) { return __float2half_rn(x); }
 };
 
 }  // namespace flash_mla_backend

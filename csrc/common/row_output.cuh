@@ -58,6 +58,15 @@ class RowOutput {
     }
   }
 
+  // Column `col` alone, given before normalisation (for accumulators that hold a row's columns
+  // apart, as the swapped-operand kernel's do).
+  __device__ void store(int col, float v) const {
+    if (final_output_)
+      out_[col] = MmaTraits<Element>::round(v * out_scale_);
+    else if (accum_ != nullptr)
+      accum_[col] = v * out_scale_;
+  }
+
   // The final LSE is natural-log with +inf for a row that saw nothing; a partial one stays base 2
   // with -inf, which the combine kernel expects.
   __device__ void store_lse() const {

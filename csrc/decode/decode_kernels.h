@@ -43,5 +43,6 @@ struct DecodeKernel {
 // Arrays terminated by an entry with name == nullptr.
 const DecodeKernel* sm80_decode_kernels();
 const DecodeKernel* sm90_decode_kernels();
+const DecodeKernel* sm90_narrow_decode_kernels();
 
 }  // namespace flash_mla_backend

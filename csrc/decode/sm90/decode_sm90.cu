@@ -34,7 +34,6 @@
 #include "decode/decode_kernels.h"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -50,6 +49,8 @@
 #include "common/input_checks.cuh"
 #include "common/row_output.cuh"
 #include "decode/sm90/ablation.h"
+#include "decode/sm90/kv_pieces.h"
+#include "decode/sm90/launch_sm90.h"
 #include "decode/sm90/ptx_sm90.cuh"
 
 namespace flash_mla_backend {
@@ -58,21 +59,16 @@ namespace sm90 {
 constexpr int kBlockM = 64;                        // query rows per CTA
 constexpr int kMathThreads = 256;                  // two math warpgroups
 constexpr int kThreads = kMathThreads + 128;       // + the producer warpgroup
-constexpr int kPieceCols = 64;                     // columns per TMA piece: 64 x 2 bytes = one 128B row
-constexpr int kPieceBytes = kPageSize * kPieceCols * 2;  // 8 KB
-constexpr int kPiecesQK = kHeadDimQK / kPieceCols;       // 9
-constexpr int kTileBytes = kPiecesQK * kPieceBytes;      // 72 KB: Q tile or one page of K
 constexpr int kStages = 2;                               // page buffers
 // FP8 caches: a piece's raw e4m3 bytes land in the upper half of its slot and are converted in place.
 constexpr int kRawPieceBytes = kPageSize * kPieceCols;   // 4 KB
 constexpr int kRawPieceOffset = kPieceBytes - kRawPieceBytes;
 
 static_assert(kBlockM == 64 && kPageSize == 64, "the kernel is written for 64-row tiles and 64-token pages");
-static_assert(kHeadDimQK % kPieceCols == 0 && kHeadDimV % kPieceCols == 0, "head dims in 64-column pieces");
 
 // Shared memory, in bytes from a 1024-byte aligned base (128B-swizzle atoms need that alignment).
 struct Smem {
-  static constexpr int kQ = 0;                                     // Q tile, 9 pieces
+  static constexpr int kQ = 0;                                     // Q tile, 9 pieces (kTileBytes)
   static constexpr int kKV = kQ + kTileBytes;                      // kStages pages, 9 pieces each
   // X: WG0's partial scores for keys 32-63 (fp32 [4][128 threads][4]), read by WG1. (WG1's
   // partial for keys 0-31 and the P tile live in piece 8 of the current page buffer.)
@@ -105,7 +101,6 @@ enum class Schedule { kLockstep, kSeesaw };
 constexpr int kMathBarrier = 1;                          // named barrier of the 256 math threads
 constexpr int kConvertBarrier = 6;                       // FP8 caches: the 128 producer threads
 constexpr int kPartCheckWarp = kMathThreads / 32 + 1;    // the producer warpgroup's second warp
-constexpr int kPiecesV = kHeadDimV / kPieceCols;         // 8: the value columns
 constexpr int kValueColsPerWarpgroup = kHeadDimV / 2;    // 256
 constexpr int kKeysPerWarpgroup = kPageSize / 2;         // 32
 constexpr int kKStepsQK = kHeadDimQK / 16;               // 36 wgmma k-steps over the 576 columns
@@ -184,23 +179,7 @@ class DecodeCta {
   }
 
  private:
-  struct PageRange {
-    int begin, end;  // pages [begin, end) of the request that this CTA attends to
-  };
-
-  // The part's pages of request `req` that hold keys visible to some row of this tile. The
-  // producer and the math threads call it with the same arguments, so they agree on every page.
-  __device__ PageRange page_range(int req) const {
-    const int seqlen = p_.cache_seqlens[req];
-    if (seqlen < 0 || seqlen > p_.max_pages * kPageSize) return {0, 0};  // invalid length: NaN, no loads
-    const int begin = req == part_.begin_req ? part_.begin_page : 0;
-    int key_end = seqlen;
-    if (req == part_.end_req) key_end = min(key_end, part_.end_page * kPageSize);
-    // The tile's last query token sees the most keys.
-    if (p_.causal) key_end = min(key_end, seqlen - p_.s_q + last_token_ + 1);
-    const int end = key_end > begin * kPageSize ? (key_end + kPageSize - 1) / kPageSize : begin;
-    return {begin, end};
-  }
+  __device__ PageRange page_range(int req) const { return visible_pages(p_, part_, req, last_token_); }
 
   __device__ uint32_t full_bar(int slot, int piece) const { return full_bar_ + 8 * (slot * kPiecesQK + piece); }
   __device__ uint32_t raw_full_bar(int slot, int piece) const {
@@ -333,10 +312,6 @@ class DecodeCta {
         if (k < pieces) mbarrier_arrive(full_bar(slot, converted_piece(step, k)));
     }
   }
-
-  // Byte offset of 16-byte chunk `chunk` of row `row` in a 64 x 64 piece with 128B swizzle (the
-  // layout TMA produces for a 16-bit piece).
-  __device__ static uint32_t swizzled(int row, int chunk) { return uint32_t(row * 128 + ((chunk ^ (row % 8)) << 4)); }
 
   // One producer warp: whether the part's requests have the lengths the schedule was made from,
   // published through an mbarrier that the math threads wait on before their first output.
@@ -950,92 +925,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 namespace {
 
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &status) !=
-            cudaSuccess ||
-        status != cudaDriverEntryPointSuccess)
-      fn = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  return encode;
-}
-
-void check_device() {
-  int device = 0, major = 0, minor = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("flash_mla_backend: cannot query the device for the sm90 decode kernel: ") +
-                             cudaGetErrorString(err));
-  if (major != 9 || minor != 0)
-    throw std::runtime_error("flash_mla_backend: the sm90 decode kernel is sm_90a code and needs a GPU of compute "
-                             "capability 9.0 (H100/H200); this GPU is " +
-                             std::to_string(major) + "." + std::to_string(minor) +
-                             ". Use an sm80 kernel (FLASH_MLA_BACKEND_KERNEL=sm80_m64 or sm80_m16).");
-}
-
-struct KvTensorMap {
-  CUtensorMap map;
-  bool tokens_inner;  // dimension 1 is the token in page, dimension 2 the kv head
-};
-
-// KV cache [num_blocks, 64, h_kv, 576] as a 4-d tensor (innermost first): column, kv head, token,
-// block, with the cache's real strides (kv head and token swap places when the token stride is
-// the smaller, so that strides grow outwards); boxes of 64 columns x 64 tokens x 1 head x 1 block:
-// one 64 x 64 piece of a page, 128B-swizzled rows of 128 bytes for a 16-bit cache, unswizzled rows
-// of 64 bytes for an e4m3 one (the kernel converts and swizzles them). TMA needs 16-byte aligned
-// strides (the Python layer checks that).
-template <typename Element, bool kFp8Cache>
-KvTensorMap make_kv_tensor_map(const DecodeParams& p) {
-  PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr)
-    throw std::runtime_error(
-        "flash_mla_backend: the CUDA driver does not provide cuTensorMapEncodeTiled, needed by the sm90 decode "
-        "kernel");
-  constexpr int64_t kElem = kFp8Cache ? 1 : 2;
-  const int64_t token_stride = p.k_token_stride * kElem;
-  const int64_t block_stride = p.k_block_stride * kElem;
-  // A single kv head's stride is never used; give it the dense value.
-  const int64_t head_stride = p.h_kv == 1 ? int64_t(kHeadDimQK) * kElem : p.k_head_stride * kElem;
-  for (int64_t s : {head_stride, token_stride, block_stride})
-    if (s <= 0 || s % 16 != 0 || s >= (int64_t(1) << 40))
-      throw std::runtime_error("flash_mla_backend: the sm90 decode kernel needs k_cache strides that are positive "
-                               "multiples of 16 bytes; got a stride of " +
-                               std::to_string(s) + " bytes");
-  KvTensorMap result;
-  result.tokens_inner = p.h_kv > 1 && token_stride < head_stride;
-  const cuuint64_t head_dim = cuuint64_t(p.h_kv), token_dim = cuuint64_t(kPageSize);
-  const cuuint64_t dims[4] = {cuuint64_t(kHeadDimQK), result.tokens_inner ? token_dim : head_dim,
-                              result.tokens_inner ? head_dim : token_dim, cuuint64_t(p.num_blocks)};
-  const cuuint64_t strides[3] = {cuuint64_t(result.tokens_inner ? token_stride : head_stride),
-                                 cuuint64_t(result.tokens_inner ? head_stride : token_stride),
-                                 cuuint64_t(block_stride)};
-  const cuuint32_t box[4] = {cuuint32_t(sm90::kPieceCols), result.tokens_inner ? cuuint32_t(kPageSize) : 1u,
-                             result.tokens_inner ? 1u : cuuint32_t(kPageSize), 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type = kFp8Cache                                    ? CU_TENSOR_MAP_DATA_TYPE_UINT8
-                                   : std::is_same<Element, __nv_bfloat16>::value ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                                                 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult res = encode(&result.map, type, 4, const_cast<void*>(p.k_cache), dims, strides, box,
-                              element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                              kFp8Cache ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B,
-                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (res != CUDA_SUCCESS)
-    throw std::runtime_error("flash_mla_backend: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(res)) +
-                             ") for k_cache with strides (block " + std::to_string(p.k_block_stride) + ", token " +
-                             std::to_string(p.k_token_stride) + ", head " + std::to_string(p.k_head_stride) +
-                             ") elements");
-  return result;
-}
-
 template <typename Element, sm90::Schedule kSchedule, bool kFp8Q = false, bool kFp8Cache = false>
 void launch(const DecodeParams& params, cudaStream_t stream) {
-  check_device();
-  const KvTensorMap kv_map = make_kv_tensor_map<Element, kFp8Cache>(params);
+  sm90::check_device();
+  const sm90::KvTensorMap kv_map = sm90::make_kv_tensor_map<Element, kFp8Cache>(params);
   auto* kernel = sm90::decode_kernel<Element, kSchedule, kFp8Q, kFp8Cache>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::Smem::kBytes);
   if (err != cudaSuccess)

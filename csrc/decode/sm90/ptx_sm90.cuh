@@ -39,6 +39,11 @@ __device__ __forceinline__ uint64_t make_smem_desc(uint32_t smem_addr, uint32_t 
   return desc;
 }
 
+// The 8 / 16 accumulator operands of a wgmma with 8 / 16 fp32 results per thread (m64n16, m64n32).
+#define FMB90_D8_REGS "{%0, %1, %2, %3, %4, %5, %6, %7}"
+#define FMB90_D8_OPS(d) "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+#define FMB90_D16_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define FMB90_D16_OPS(d) FMB90_D8_OPS(d), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
 // The 32 accumulator operands %0..%31 of a wgmma with 32 fp32 results per thread.
 #define FMB90_D32_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define FMB90_D32_OPS(d) "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
@@ -87,15 +92,16 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 }
 
 // One wgmma with both operands in shared memory; scale-d = 1 (accumulate), no negation. TYPES is
-// "bf16.bf16" or "f16.f16"; TRANS_B 1 reads B MN-major.
-#define FMB90_WGMMA_SS(SHAPE, TYPES, REGS, OPS, DESC_A_OP, DESC_B_OP, SCALE_D_OP, TRANS_B) \
+// "bf16.bf16" or "f16.f16"; TRANS_A / TRANS_B "1" read A / B MN-major; the accumulator operands
+// come last.
+#define FMB90_WGMMA_SS(SHAPE, TYPES, REGS, DESC_A_OP, DESC_B_OP, SCALE_D_OP, TRANS_A, TRANS_B, ...) \
   asm volatile("{\n"                                                                  \
                ".reg .pred p;\n"                                                      \
                "setp.ne.b32 p, %" SCALE_D_OP ", 0;\n"                                  \
                "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES " " REGS ", %" DESC_A_OP \
-               ", %" DESC_B_OP ", p, 1, 1, 0, " TRANS_B ";\n"                          \
+               ", %" DESC_B_OP ", p, 1, 1, " TRANS_A ", " TRANS_B ";\n"                \
                "}\n"                                                                  \
-               : OPS                                                                  \
+               : __VA_ARGS__                                                          \
                : "l"(desc_a), "l"(desc_b), "r"(1))
 
 // m64n256k16 with A from four registers and B MN-major in shared memory (scale-d 1).
@@ -118,9 +124,37 @@ struct Wgmma {
   // D[64 x 64] += A[64 x 16] . B[64 x 16]^T, A and B K-major in shared memory.
   static __device__ __forceinline__ void m64n64k16_kk(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
     if constexpr (kBf16)
-      FMB90_WGMMA_SS("m64n64k16", "bf16.bf16", FMB90_D32_REGS, FMB90_D32_OPS(d), "32", "33", "34", "0");
+      FMB90_WGMMA_SS("m64n64k16", "bf16.bf16", FMB90_D32_REGS, "32", "33", "34", "0", "0", FMB90_D32_OPS(d));
     else
-      FMB90_WGMMA_SS("m64n64k16", "f16.f16", FMB90_D32_REGS, FMB90_D32_OPS(d), "32", "33", "34", "0");
+      FMB90_WGMMA_SS("m64n64k16", "f16.f16", FMB90_D32_REGS, "32", "33", "34", "0", "0", FMB90_D32_OPS(d));
+  }
+
+  // D[64 x N] += A[64 x 16] . B[N x 16]^T (N = 16 or 32), A and B K-major in shared memory.
+  template <int N>
+  static __device__ __forceinline__ void m64nNk16_kk(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+    static_assert(N == 16 || N == 32, "m64n16 or m64n32");
+    if constexpr (N == 16 && kBf16)
+      FMB90_WGMMA_SS("m64n16k16", "bf16.bf16", FMB90_D8_REGS, "8", "9", "10", "0", "0", FMB90_D8_OPS(d));
+    else if constexpr (N == 16)
+      FMB90_WGMMA_SS("m64n16k16", "f16.f16", FMB90_D8_REGS, "8", "9", "10", "0", "0", FMB90_D8_OPS(d));
+    else if constexpr (kBf16)
+      FMB90_WGMMA_SS("m64n32k16", "bf16.bf16", FMB90_D16_REGS, "16", "17", "18", "0", "0", FMB90_D16_OPS(d));
+    else
+      FMB90_WGMMA_SS("m64n32k16", "f16.f16", FMB90_D16_REGS, "16", "17", "18", "0", "0", FMB90_D16_OPS(d));
+  }
+
+  // The same with A MN-major (transposed) in shared memory.
+  template <int N>
+  static __device__ __forceinline__ void m64nNk16_mk(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+    static_assert(N == 16 || N == 32, "m64n16 or m64n32");
+    if constexpr (N == 16 && kBf16)
+      FMB90_WGMMA_SS("m64n16k16", "bf16.bf16", FMB90_D8_REGS, "8", "9", "10", "1", "0", FMB90_D8_OPS(d));
+    else if constexpr (N == 16)
+      FMB90_WGMMA_SS("m64n16k16", "f16.f16", FMB90_D8_REGS, "8", "9", "10", "1", "0", FMB90_D8_OPS(d));
+    else if constexpr (kBf16)
+      FMB90_WGMMA_SS("m64n32k16", "bf16.bf16", FMB90_D16_REGS, "16", "17", "18", "1", "0", FMB90_D16_OPS(d));
+    else
+      FMB90_WGMMA_SS("m64n32k16", "f16.f16", FMB90_D16_REGS, "16", "17", "18", "1", "0", FMB90_D16_OPS(d));
   }
 
   // D[64 x 256] += A[64 x 16] . B[16 x 256], A from registers (a: the m64k16 fragment, whose
@@ -135,9 +169,9 @@ struct Wgmma {
   // D[64 x 256] += A[64 x 16] . B[16 x 256], A K-major, B MN-major (transposed) in shared memory.
   static __device__ __forceinline__ void m64n256k16_kmn(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
     if constexpr (kBf16)
-      FMB90_WGMMA_SS("m64n256k16", "bf16.bf16", FMB90_D128_REGS, FMB90_D128_OPS(d), "128", "129", "130", "1");
+      FMB90_WGMMA_SS("m64n256k16", "bf16.bf16", FMB90_D128_REGS, "128", "129", "130", "0", "1", FMB90_D128_OPS(d));
     else
-      FMB90_WGMMA_SS("m64n256k16", "f16.f16", FMB90_D128_REGS, FMB90_D128_OPS(d), "128", "129", "130", "1");
+      FMB90_WGMMA_SS("m64n256k16", "f16.f16", FMB90_D128_REGS, "128", "129", "130", "0", "1", FMB90_D128_OPS(d));
   }
 };
 
@@ -233,6 +267,15 @@ __device__ __forceinline__ void ld_shared_v4(uint32_t addr, uint32_t (&v)[4]) {
 }
 __device__ __forceinline__ void ld_shared_v4(uint32_t addr, float (&v)[4]) {
   asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "r"(addr)
+               : "memory");
+}
+
+// Four 8 x 8 tiles of 16-bit values, transposed on the way: r[k] holds this thread's pair of
+// tile k in the mma fragment layout (row lane / 4, columns 2 (lane % 4) + {0, 1}); lane i gives
+// the address of row i % 8 of stored tile i / 8, i.e. of column i % 8 of the fragment.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
                : "memory");
 }
 
