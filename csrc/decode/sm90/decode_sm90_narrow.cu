@@ -371,7 +371,8 @@ class NarrowDecodeCta {
     fence_proxy_async_smem();  // P^T and the zeroed rows are read by wgmma next
     named_barrier_sync(kWarpgroupBarrier + W, 128);
 
-    // 4. O^T += V^T . P^T: value columns 64 mb.. of the page are piece mb, read MN-major.
+    // 4. O^T += V^T . P^T: value columns 64 mb.. of the page are piece mb, read MN-major (M = 64
+    //    is one 128B-swizzle atom wide, so the descriptor's LBO is never used).
     fence_state(st);
     wgmma_fence();
 #pragma unroll
