@@ -559,31 +559,6 @@ class DecodeCta {
     return block_in_cache;
   }
 
-  // Rows first_row..63 (first_row in [1, 63]) of the page in `kv` are at or past the sequence end
-  // and may hold NaN: zero their value columns, since P.V would turn 0 * NaN into NaN (their
-  // scores are masked by a select). Thread `thread` of `threads` takes every threads-th chunk.
-  // A fixed trip count with predicated stores, so that no thread-dependent branch lies between
-  // the seesaw's wgmmas.
-  template <int kThreadsZeroing>
-  __device__ static void zero_value_rows(uint32_t kv, int first_row, int thread) {
-    const int chunks = (kPageSize - first_row) * kPiecesV * 8;
-    constexpr int kMaxChunks = (kPageSize - 1) * kPiecesV * 8;
-#pragma unroll 4
-    for (int i = 0; i < (kMaxChunks + kThreadsZeroing - 1) / kThreadsZeroing; ++i) {
-      const int idx = i * kThreadsZeroing + thread;
-      const int piece = idx % kPiecesV, chunk = (idx / kPiecesV) % 8, row = first_row + idx / (kPiecesV * 8);
-      const uint32_t addr = kv + piece * kPieceBytes + row * 128 + chunk * 16;
-      asm volatile(
-          "{\n"
-          ".reg .pred p;\n"
-          "setp.lt.s32 p, %1, %2;\n"
-          "@p st.shared.v4.u32 [%0], {%3, %3, %3, %3};\n"
-          "}\n" ::"r"(addr),
-          "r"(idx), "r"(chunks), "r"(0)
-          : "memory");
-    }
-  }
-
   // O *= scale per row, skipped in warps where no row's maximum moved.
   __device__ static void rescale(float (&acc)[128], const float (&scale)[2]) {
     if (__any_sync(0xffffffffu, scale[0] != 1.f || scale[1] != 1.f)) {

@@ -291,7 +291,7 @@ class NarrowDecodeCta {
       const int piece = t / 4;
       if (t % 4 == 0) mbarrier_wait(full_bar(W, piece), parity);
       const uint32_t col_bytes = uint32_t((t % 4) * 32);
-      Mma::template m64nNk16_kk<kRows>(s, make_smem_desc(kv + piece * kPieceBytes + col_bytes, 16, 1024),
+      Mma::template m64nNk16<kRows, false>(s, make_smem_desc(kv + piece * kPieceBytes + col_bytes, 16, 1024),
                                        make_smem_desc(q_smem_ + piece * Layout::kQPieceBytes + col_bytes, 16, 1024));
     }
     wgmma_commit();
@@ -365,7 +365,7 @@ class NarrowDecodeCta {
     if (page * kPageSize + kPageSize > seqlen) {
       // Rows past the sequence end may hold NaN: zero their value columns, since P.V would turn
       // 0 * NaN into NaN. This warpgroup's Q.K^T waited on every piece of the buffer.
-      zero_value_rows(kv, seqlen - page * kPageSize);
+      zero_value_rows<128>(kv, seqlen - page * kPageSize, tid_ % 128);
     }
     rescale(st, scale);
     fence_proxy_async_smem();  // P^T and the zeroed rows are read by wgmma next
@@ -379,7 +379,7 @@ class NarrowDecodeCta {
     for (int kk = 0; kk < kPageSize / 16; ++kk)
 #pragma unroll
       for (int mb = 0; mb < kMBlocksV; ++mb)
-        Mma::template m64nNk16_mk<kRows>(st.acc[mb],
+        Mma::template m64nNk16<kRows, true>(st.acc[mb],
                                          make_smem_desc(kv + mb * kPieceBytes + kk * 16 * 128, kPieceBytes, 1024),
                                          make_smem_desc(pt + kk * 32, 16, 1024));
     wgmma_commit();
@@ -392,28 +392,6 @@ class NarrowDecodeCta {
   __device__ static __forceinline__ void fence_state(State& st) {
 #pragma unroll
     for (int mb = 0; mb < kMBlocksV; ++mb) fence_operands(st.acc[mb]);
-  }
-
-  // Rows first_row..63 (first_row in [1, 63]) of the value pieces in `kv`, zeroed by the 128
-  // threads of this warpgroup with a fixed trip count and predicated stores.
-  __device__ void zero_value_rows(uint32_t kv, int first_row) const {
-    const int chunks = (kPageSize - first_row) * kPiecesV * 8;
-    constexpr int kMaxChunks = (kPageSize - 1) * kPiecesV * 8;
-    const int thread = tid_ % 128;
-#pragma unroll 4
-    for (int i = 0; i < (kMaxChunks + 127) / 128; ++i) {
-      const int idx = i * 128 + thread;
-      const int piece = idx % kPiecesV, chunk = (idx / kPiecesV) % 8, row = first_row + idx / (kPiecesV * 8);
-      const uint32_t addr = kv + piece * kPieceBytes + row * 128 + chunk * 16;
-      asm volatile(
-          "{\n"
-          ".reg .pred p;\n"
-          "setp.lt.s32 p, %1, %2;\n"
-          "@p st.shared.v4.u32 [%0], {%3, %3, %3, %3};\n"
-          "}\n" ::"r"(addr),
-          "r"(idx), "r"(chunks), "r"(0)
-          : "memory");
-    }
   }
 
   // O^T *= scale per query row, skipped in warps where no row's maximum moved.

@@ -1,5 +1,6 @@
 // How the Hopper decode kernels hold a page of the KV cache: nine 64 x 64 pieces, each loaded by
-// one TMA box into a 128B-swizzled 8 KB slot; and which pages of a request a CTA reads.
+// one TMA box into a 128B-swizzled 8 KB slot; which pages of a request a CTA reads; and the
+// zeroing of a tail page's rows past the sequence end.
 #pragma once
 
 #include "common/decode_params.h"
@@ -39,6 +40,30 @@ __device__ __forceinline__ PageRange visible_pages(const DecodeParams& p, const 
   if (p.causal) key_end = min(key_end, seqlen - p.s_q + last_token + 1);
   const int end = key_end > begin * kPageSize ? (key_end + kPageSize - 1) / kPageSize : begin;
   return {begin, end};
+}
+
+// Rows first_row..63 (first_row in [1, 63]) of the page in `kv` are at or past the sequence end
+// and may hold NaN: zero their value columns, since P.V would turn 0 * NaN into NaN (their scores
+// are masked by a select). Thread `thread` of kThreads takes every kThreads-th chunk. A fixed trip
+// count with predicated stores, so that no thread-dependent branch lies between wgmmas.
+template <int kThreads>
+__device__ __forceinline__ void zero_value_rows(uint32_t kv, int first_row, int thread) {
+  const int chunks = (kPageSize - first_row) * kPiecesV * 8;
+  constexpr int kMaxChunks = (kPageSize - 1) * kPiecesV * 8;
+#pragma unroll 4
+  for (int i = 0; i < (kMaxChunks + kThreads - 1) / kThreads; ++i) {
+    const int idx = i * kThreads + thread;
+    const int piece = idx % kPiecesV, chunk = (idx / kPiecesV) % 8, row = first_row + idx / (kPiecesV * 8);
+    const uint32_t addr = kv + piece * kPieceBytes + row * 128 + chunk * 16;
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.lt.s32 p, %1, %2;\n"
+        "@p st.shared.v4.u32 [%0], {%3, %3, %3, %3};\n"
+        "}\n" ::"r"(addr),
+        "r"(idx), "r"(chunks), "r"(0)
+        : "memory");
+  }
 }
 #endif
 

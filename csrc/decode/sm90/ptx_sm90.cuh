@@ -129,32 +129,27 @@ struct Wgmma {
       FMB90_WGMMA_SS("m64n64k16", "f16.f16", FMB90_D32_REGS, "32", "33", "34", "0", "0", FMB90_D32_OPS(d));
   }
 
-  // D[64 x N] += A[64 x 16] . B[N x 16]^T (N = 16 or 32), A and B K-major in shared memory.
-  template <int N>
-  static __device__ __forceinline__ void m64nNk16_kk(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+  // D[64 x N] += A[64 x 16] . B[N x 16]^T (N = 16 or 32), both in shared memory, B K-major, A
+  // K-major or (kMnMajorA) MN-major.
+  template <int N, bool kMnMajorA>
+  static __device__ __forceinline__ void m64nNk16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
     static_assert(N == 16 || N == 32, "m64n16 or m64n32");
-    if constexpr (N == 16 && kBf16)
-      FMB90_WGMMA_SS("m64n16k16", "bf16.bf16", FMB90_D8_REGS, "8", "9", "10", "0", "0", FMB90_D8_OPS(d));
-    else if constexpr (N == 16)
-      FMB90_WGMMA_SS("m64n16k16", "f16.f16", FMB90_D8_REGS, "8", "9", "10", "0", "0", FMB90_D8_OPS(d));
-    else if constexpr (kBf16)
-      FMB90_WGMMA_SS("m64n32k16", "bf16.bf16", FMB90_D16_REGS, "16", "17", "18", "0", "0", FMB90_D16_OPS(d));
-    else
-      FMB90_WGMMA_SS("m64n32k16", "f16.f16", FMB90_D16_REGS, "16", "17", "18", "0", "0", FMB90_D16_OPS(d));
-  }
-
-  // The same with A MN-major (transposed) in shared memory.
-  template <int N>
-  static __device__ __forceinline__ void m64nNk16_mk(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-    static_assert(N == 16 || N == 32, "m64n16 or m64n32");
-    if constexpr (N == 16 && kBf16)
-      FMB90_WGMMA_SS("m64n16k16", "bf16.bf16", FMB90_D8_REGS, "8", "9", "10", "1", "0", FMB90_D8_OPS(d));
-    else if constexpr (N == 16)
-      FMB90_WGMMA_SS("m64n16k16", "f16.f16", FMB90_D8_REGS, "8", "9", "10", "1", "0", FMB90_D8_OPS(d));
-    else if constexpr (kBf16)
-      FMB90_WGMMA_SS("m64n32k16", "bf16.bf16", FMB90_D16_REGS, "16", "17", "18", "1", "0", FMB90_D16_OPS(d));
-    else
-      FMB90_WGMMA_SS("m64n32k16", "f16.f16", FMB90_D16_REGS, "16", "17", "18", "1", "0", FMB90_D16_OPS(d));
+    constexpr bool kN16 = N == 16;
+#define FMB90_WGMMA_M64NK16(TYPES, TRANS_A)                                                                   \
+  if constexpr (kN16)                                                                                         \
+    FMB90_WGMMA_SS("m64n16k16", TYPES, FMB90_D8_REGS, "8", "9", "10", TRANS_A, "0", FMB90_D8_OPS(d));         \
+  else                                                                                                        \
+    FMB90_WGMMA_SS("m64n32k16", TYPES, FMB90_D16_REGS, "16", "17", "18", TRANS_A, "0", FMB90_D16_OPS(d))
+    if constexpr (kBf16 && kMnMajorA) {
+      FMB90_WGMMA_M64NK16("bf16.bf16", "1");
+    } else if constexpr (kBf16) {
+      FMB90_WGMMA_M64NK16("bf16.bf16", "0");
+    } else if constexpr (kMnMajorA) {
+      FMB90_WGMMA_M64NK16("f16.f16", "1");
+    } else {
+      FMB90_WGMMA_M64NK16("f16.f16", "0");
+    }
+#undef FMB90_WGMMA_M64NK16
   }
 
   // D[64 x 256] += A[64 x 16] . B[16 x 256], A from registers (a: the m64k16 fragment, whose
