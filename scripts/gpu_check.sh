@@ -108,7 +108,7 @@ for stage in $stages; do
       # compute-sanitizer follows).
       run_stage sanitize-memcheck-misuse compute-sanitizer --tool memcheck --error-exitcode 1 \
         python3 -m pytest -m gpu tests/test_misuse_gpu.py -q -p no:cacheprovider \
-        -k "(sm80_m16-bf16 and block-past-end) or (sm90-bf16 and negative-block) or (sm90_seesaw-bf16 and block-past-end) or (sm90_narrow16-bf16 and negative-block) or (sm90_narrow32-bf16 and block-past-end) or (sm80_m64-fp8 and stale) or (sm90-fp8 and block-past-end)"
+        -k "(sm80_m16-bf16 and block-past-end) or (sm90-bf16 and negative-block) or (sm90_seesaw-bf16 and block-past-end) or (sm90_narrow16-bf16 and negative-block) or (sm90_narrow32-bf16 and block-past-end) or (sm80_m64-fp8 and stale) or (sm90-fp8 and block-past-end) or (sm90_narrow16-fp8 and negative-block) or (sm90_narrow32-fp8 and block-past-end)"
       ;;
     vllm-tests)
       [ -d "$SITE/vllm" ] || bash .device/vllm-bundle/install.sh || exit 1

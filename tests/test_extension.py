@@ -112,13 +112,24 @@ def test_fp8_cache_goes_to_a_kernel_that_takes_it(capability, smem_per_block, ro
 
 
 @needs_extension
-@pytest.mark.parametrize("kernel", ["sm90_seesaw", "sm90_narrow16", "sm90_narrow32"])  # 16-bit caches only
-def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch, kernel):
+def test_forced_kernel_without_fp8_is_refused_for_an_fp8_cache(monkeypatch):
+    kernel = "sm90_seesaw"  # 16-bit caches only
     monkeypatch.setenv(_plan.KERNEL_ENV, kernel)
     h200 = dict(capability=(9, 0), num_sms=132, smem_per_block=232448, smem_per_sm=233472)
     assert _plan._choose_kernel(16, h200) == kernel
     with pytest.raises(_plan.UnsupportedDeviceError, match=f"'{kernel}' cannot run.*with an FP8 cache"):
         _plan._choose_kernel(16, h200, fp8_cache=True)
+
+
+@needs_extension
+@pytest.mark.parametrize("kernel", ["sm90_narrow16", "sm90_narrow32"])
+def test_narrow_kernels_take_fp8_caches_within_a_block_of_shared_memory(monkeypatch, kernel):
+    # Their FP8 ring fills the shared memory the 16-bit kernel leaves; the launch opts into it all.
+    info = _plan.kernel_info(kernel)
+    assert info.takes_fp8_cache and 196028 < info.smem_bytes <= 232448
+    monkeypatch.setenv(_plan.KERNEL_ENV, kernel)
+    h200 = dict(capability=(9, 0), num_sms=132, smem_per_block=232448, smem_per_sm=233472)
+    assert _plan._choose_kernel(16, h200, fp8_cache=True) == kernel
 
 
 @needs_extension

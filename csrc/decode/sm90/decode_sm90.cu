@@ -45,13 +45,14 @@
 #include <type_traits>
 
 #include "common/dependent_launch.cuh"
-#include "common/fp8_e4m3.h"
 #include "common/input_checks.cuh"
 #include "common/row_output.cuh"
 #include "decode/sm90/ablation.h"
+#include "decode/sm90/e4m3_pieces.h"
 #include "decode/sm90/kv_pieces.h"
 #include "decode/sm90/launch_sm90.h"
 #include "decode/sm90/ptx_sm90.cuh"
+#include "decode/sm90/q_tile.h"
 
 namespace flash_mla_backend {
 namespace sm90 {
@@ -61,7 +62,6 @@ constexpr int kMathThreads = 256;                  // two math warpgroups
 constexpr int kThreads = kMathThreads + 128;       // + the producer warpgroup
 constexpr int kStages = 2;                               // page buffers
 // FP8 caches: a piece's raw e4m3 bytes land in the upper half of its slot and are converted in place.
-constexpr int kRawPieceBytes = kPageSize * kPieceCols;   // 4 KB
 constexpr int kRawPieceOffset = kPieceBytes - kRawPieceBytes;
 
 static_assert(kBlockM == 64 && kPageSize == 64, "the kernel is written for 64-row tiles and 64-token pages");
@@ -267,19 +267,9 @@ class DecodeCta {
   __device__ static constexpr int converted_piece(int step, int k) { return k == 0 ? kPiecesV / 2 + step : step; }
   __device__ static constexpr int pieces_in_step(int step) { return step < kPiecesV / 2 ? 2 : 1; }
 
-  // Sixteen e4m3 values as sixteen Element values: two 16-byte chunks, at `first` and `second`.
-  __device__ static void convert_and_store_e4m3x16(const uint32_t (&raw)[4], uint32_t first, uint32_t second) {
-    uint32_t out[8];
-    convert_e4m3x16<Element>(raw, out);
-    st_shared_v4(first, reinterpret_cast<const uint32_t(&)[4]>(out[0]));
-    st_shared_v4(second, reinterpret_cast<const uint32_t(&)[4]>(out[4]));
-  }
-
-  // FP8 caches: the page in buffer `slot` (phase parity `parity`) from raw e4m3 (token r at
-  // r * 64 in the upper half of each piece) to the 128B-swizzled Element layout, in place. Thread
-  // t of the warpgroup takes 16-byte raw chunks t and t + 128 of a piece (token chunk / 4,
-  // columns 16 (chunk % 4)..): reads and writes free of bank conflicts. Every thread reads all
-  // its bytes of a step's pieces before any thread writes into them.
+  // FP8 caches: the page in buffer `slot` (phase parity `parity`) from raw e4m3 (in the upper half
+  // of each piece) to the 128B-swizzled Element layout, in place (e4m3_pieces.h). Every thread
+  // reads all its bytes of a step's pieces before any thread writes into them.
   __device__ void convert_page(int slot, uint32_t parity) const {
     const int thread = tid_ - kMathThreads;
 #pragma unroll 1
@@ -289,22 +279,15 @@ class DecodeCta {
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
         if (k == pieces) break;
-        const uint32_t src = kv_slot(slot) + converted_piece(step, k) * kPieceBytes + kRawPieceOffset + thread * 16;
+        const uint32_t src = kv_slot(slot) + converted_piece(step, k) * kPieceBytes + kRawPieceOffset;
         mbarrier_wait(raw_full_bar(slot, converted_piece(step, k)), parity);
-#pragma unroll
-        for (int c = 0; c < 2; ++c) ld_shared_v4(src + c * 128 * 16, raw[k][c]);
+        load_raw_chunks(src, thread, raw[k]);
       }
-      named_barrier_sync(kConvertBarrier, 128);
+      named_barrier_sync(kConvertBarrier, kConvertThreads);
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
         if (k == pieces) break;
-        const uint32_t dst = kv_slot(slot) + converted_piece(step, k) * kPieceBytes;
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int chunk = thread + 128 * c, row = chunk / 4;
-          convert_and_store_e4m3x16(raw[k][c], dst + swizzled(row, 2 * (chunk % 4)),
-                                    dst + swizzled(row, 2 * (chunk % 4) + 1));
-        }
+        store_converted_chunks<Element>(raw[k], kv_slot(slot) + converted_piece(step, k) * kPieceBytes, thread);
       }
       fence_proxy_async_smem();  // read by wgmma next
 #pragma unroll
@@ -365,45 +348,10 @@ class DecodeCta {
     }
   }
 
-  // Q rows of this tile -> shared memory, as nine 64 x 64 pieces in the 128B-swizzle layout that
-  // TMA produces for K. Rows past rows_per_kv_head are zero and never written out. An e4m3 q is
-  // converted on the way (16 bytes read, two chunks written per step).
+  // Q rows of this tile -> shared memory (q_tile.h), published to both math warpgroups.
   __device__ void load_q(int req) {
-    using Stored = std::conditional_t<kFp8Q, uint8_t, Element>;
-    constexpr int kStoredChunksPerRow = kHeadDimQK * int(sizeof(Stored)) / 16;
-    constexpr int kSteps = kBlockM * kStoredChunksPerRow / kMathThreads;
-    static_assert(kBlockM * kStoredChunksPerRow % kMathThreads == 0, "Q chunks split evenly over the math threads");
-    const Stored* q = static_cast<const Stored*>(p_.q) + int64_t(req) * p_.q_batch_stride;
-#pragma unroll 3
-    for (int i = 0; i < kSteps; ++i) {
-      const int idx = i * kMathThreads + tid_;
-      const int row = idx / kStoredChunksPerRow, chunk = idx % kStoredChunksPerRow;
-      const int q_row = m_block_ * kBlockM + row;
-      const bool valid = q_row < p_.rows_per_kv_head;
-      const Stored* src = q;
-      if (valid) {
-        const QueryRow qr(p_, kv_head_, q_row);
-        src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * (16 / int(sizeof(Stored)));
-      }
-      if constexpr (kFp8Q) {
-        uint32_t raw[4] = {0u, 0u, 0u, 0u};
-        if (valid) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
-          raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
-        }
-        convert_and_store_e4m3x16(raw, q_chunk_addr(row, 2 * chunk), q_chunk_addr(row, 2 * chunk + 1));
-      } else {
-        cp_async_16_zfill(q_chunk_addr(row, chunk), src, valid);
-      }
-    }
-    if constexpr (!kFp8Q) cp_async_wait_all();
-    fence_proxy_async_smem();  // the generic-proxy writes above are read by wgmma next
+    load_q_tile<Element, kFp8Q, kBlockM, 3>(p_, q_smem_, m_block_, kv_head_, req, tid_);
     named_barrier_sync(kMathBarrier, kMathThreads);
-  }
-
-  // Shared address of 16-byte chunk `chunk` (of 72) of Q tile row `row`.
-  __device__ uint32_t q_chunk_addr(int row, int chunk) const {
-    return q_smem_ + (chunk / 8) * kPieceBytes + swizzled(row, chunk % 8);
   }
 
   // Partial S[64 x 64] over k-steps 18 W .. 18 W + 17 (16 columns each) of the page in `kv`,

@@ -20,6 +20,14 @@
 // over the 64 keys (lanes, then the four warps through shared memory); P^T = exp2(S^T - max) into
 // a 128B-swizzled tile by stmatrix.trans; the tail page's rows past the sequence end zeroed; O^T
 // rescaled and += V^T . P^T; the buffer released to the producer.
+//
+// FP8 (e4m3) caches: a ring of raw 4 KB pieces fills the shared memory the 16-bit kernel leaves
+// free (14 pieces at 16 rows, 8 at 32). The producer's first thread loads the part's pieces into
+// it in order, each as soon as its ring slot has been read, so the loads run ahead of the math
+// by up to a page and a half; the whole producer warpgroup converts the pieces, two per step,
+// into the page's 16-bit buffer (e4m3_pieces.h) once the buffer's warpgroup has released it.
+// The math is the 16-bit kernel's; the dequantisation scales are folded into the score scale and
+// the output; an e4m3 q is converted on its way into shared memory.
 #include "decode/decode_kernels.h"
 
 #include <cuda.h>
@@ -35,9 +43,11 @@
 #include "common/dependent_launch.cuh"
 #include "common/input_checks.cuh"
 #include "common/row_output.cuh"
+#include "decode/sm90/e4m3_pieces.h"
 #include "decode/sm90/kv_pieces.h"
 #include "decode/sm90/launch_sm90.h"
 #include "decode/sm90/ptx_sm90.cuh"
+#include "decode/sm90/q_tile.h"
 
 namespace flash_mla_backend {
 namespace sm90_narrow {
@@ -45,6 +55,7 @@ namespace sm90_narrow {
 using sm90::kPieceBytes;
 using sm90::kPiecesQK;
 using sm90::kPiecesV;
+using sm90::kRawPieceBytes;
 using sm90::kTileBytes;
 
 constexpr int kMathThreads = 256;             // two math warpgroups
@@ -52,23 +63,26 @@ constexpr int kThreads = kMathThreads + 128;  // + the producer warpgroup
 constexpr int kStages = 2;                    // page buffers, one per math warpgroup
 constexpr int kWarpsPerGroup = 4;
 
-// Shared memory, in bytes from a 1024-byte aligned base, for tiles of kRows query rows.
-template <int kRows>
-struct Smem {
+// Shared memory, in bytes from a 1024-byte aligned base, for tiles of kRows query rows and a ring
+// of kRawSlots raw FP8 pieces.
+template <int kRows, int kRawSlots>
+struct SmemLayout {
   static constexpr int kQPieceBytes = kRows * 128;  // 64 columns of Q, 128B-swizzled rows
   // Q tile, nine pieces; at a request's end, after both warpgroups' last Q.K^T, the exchange of
   // half of O^T (256 x kRows fp32) for the merge.
   static constexpr int kQ = 0;
   static constexpr int kKV = kQ + kPiecesQK * kQPieceBytes;  // kStages pages
   static constexpr int kPT = kKV + kStages * kTileBytes;      // P^T [kRows x 64] per warpgroup
+  static constexpr int kRaw = kPT + 2 * kQPieceBytes;         // FP8 caches: the ring of raw pieces
   // float [2 warpgroups][4 warps][kRows]: each warp's column maxima of a page
-  static constexpr int kColMax = kPT + 2 * kQPieceBytes;
+  static constexpr int kColMax = kRaw + kRawSlots * kRawPieceBytes;
   // float [2 warpgroups][4 warps][kRows]: the row sums at a request's end
   static constexpr int kRowSum = kColMax + 2 * kWarpsPerGroup * kRows * 4;
   static constexpr int kRowMax = kRowSum + 2 * kWarpsPerGroup * kRows * 4;  // float [2][kRows]
   static constexpr int kFullBar = kRowMax + 2 * kRows * 4;                   // uint64 [kStages][9]
   static constexpr int kEmptyBar = kFullBar + kStages * kPiecesQK * 8;       // uint64 [kStages]
-  static constexpr int kPartCheckBar = kEmptyBar + kStages * 8;              // uint64
+  static constexpr int kRawFullBar = kEmptyBar + kStages * 8;                // uint64 [kRawSlots]
+  static constexpr int kPartCheckBar = kRawFullBar + kRawSlots * 8;          // uint64
   static constexpr int kPartMatches = kPartCheckBar + 8;                     // uint32: the part check's answer
   static constexpr int kBadBlock = kPartMatches + 4;  // uint32 [kStages]: the buffer's block id is outside the cache
   static constexpr int kValid = kBadBlock + kStages * 4;  // uint32 [2]: each warpgroup's view of the request
@@ -80,25 +94,43 @@ struct Smem {
   static_assert(kBytes <= 227 * 1024, "must fit the 227 KB a block can opt into on sm_90");
 };
 
+// FP8 caches: as many raw pieces as the 227 KB a block can opt into leave room for.
+constexpr int raw_slots(int rows, bool fp8_cache) {
+  return fp8_cache ? (227 * 1024 - (rows == 16 ? SmemLayout<16, 0>::kBytes : SmemLayout<32, 0>::kBytes)) /
+                         (kRawPieceBytes + 8)
+                   : 0;
+}
+template <int kRows, bool kFp8Cache>
+using Smem = SmemLayout<kRows, raw_slots(kRows, kFp8Cache)>;
+static_assert(raw_slots(32, true) >= 2, "a conversion step reads two ring slots");
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 using namespace sm90;
 
 constexpr int kMathBarrier = 1;       // named barrier of the 256 math threads
 constexpr int kWarpgroupBarrier = 2;  // + w: the 128 threads of math warpgroup w
+constexpr int kConvertBarrier = 4;    // FP8 caches: the 128 producer threads
 constexpr int kPartCheckWarp = kMathThreads / 32 + 1;  // the producer warpgroup's second warp
 constexpr int kKStepsQK = kHeadDimQK / 16;             // 36 wgmma k-steps over the 576 columns
 constexpr int kMBlocksV = kHeadDimV / 64;              // 8 m64 blocks of value columns
 constexpr int kMBlocksPerGroup = kMBlocksV / 2;        // the value columns each warpgroup writes
 
-template <typename Element, int kRows>
+// Element: the 16-bit type the math runs in (bf16 for an e4m3 q); kFp8Q, kFp8Cache: q, the cache
+// are e4m3.
+template <typename Element, int kRows, bool kFp8Q, bool kFp8Cache>
 class NarrowDecodeCta {
   using Mma = Wgmma<Element>;
-  using Layout = Smem<kRows>;
+  using Layout = Smem<kRows, kFp8Cache>;
   static_assert(kRows == 16 || kRows == 32, "tiles of 16 or 32 query rows");
+  static_assert(kFp8Cache || !kFp8Q, "an FP8 q comes with an FP8 cache");
   static constexpr int kAcc = kRows / 2;   // accumulator values per thread of one m64 x kRows tile
   static constexpr int kCols = kRows / 4;  // query rows (accumulator columns) per thread
-  static constexpr int kMathRegisters = 232, kProducerRegisters = 40;  // 2 x 128 x 232 + 128 x 40 <= 65536
+  static constexpr int kRawSlots = raw_slots(kRows, kFp8Cache);
+  // 2 x 128 x 232 + 128 x 40 (FP8 caches: 216 + 72, for the conversion and the ring's walk) =
+  // 64512, the 384 x 168 registers the CTA starts with
+  static constexpr int kMathRegisters = kFp8Cache ? 216 : 232;
+  static constexpr int kProducerRegisters = kFp8Cache ? 72 : 40;
 
  public:
   __device__ NarrowDecodeCta(const DecodeParams& p, const CUtensorMap* kv_map, bool kv_tokens_inner, uint32_t base,
@@ -109,8 +141,10 @@ class NarrowDecodeCta {
         q_smem_(base + Layout::kQ),
         kv_smem_(base + Layout::kKV),
         pt_smem_(base + Layout::kPT),
+        raw_smem_(base + Layout::kRaw),
         full_bar_(base + Layout::kFullBar),
         empty_bar_(base + Layout::kEmptyBar),
+        raw_full_bar_(base + Layout::kRawFullBar),
         part_check_bar_(base + Layout::kPartCheckBar),
         part_matches_(reinterpret_cast<volatile uint32_t*>(base_ptr + Layout::kPartMatches)),
         bad_block_(reinterpret_cast<volatile uint32_t*>(base_ptr + Layout::kBadBlock)),
@@ -133,8 +167,10 @@ class NarrowDecodeCta {
 
   __device__ void run() {
     if (tid_ == 0) {
-      for (int i = 0; i < kStages * kPiecesQK; ++i) mbarrier_init(full_bar_ + 8 * i, 1);
+      // FP8 caches: a piece is full once the 128 converting threads have arrived.
+      for (int i = 0; i < kStages * kPiecesQK; ++i) mbarrier_init(full_bar_ + 8 * i, kFp8Cache ? kConvertThreads : 1);
       for (int i = 0; i < kStages; ++i) mbarrier_init(empty_bar_ + 8 * i, 128);  // the buffer's warpgroup
+      for (int i = 0; i < kRawSlots; ++i) mbarrier_init(raw_full_bar_ + 8 * i, 1);
       mbarrier_init(part_check_bar_, 1);
       mbarrier_init_fence();
     }
@@ -144,7 +180,10 @@ class NarrowDecodeCta {
     if (wg_ == 2) {
       setmaxnreg_dec<kProducerRegisters>();
       if (threadIdx.x / 32 == kPartCheckWarp) check_part();
-      if (tid_ == kMathThreads) produce();
+      if constexpr (kFp8Cache)
+        convert_pages();  // the whole warpgroup
+      else if (tid_ == kMathThreads)
+        produce();
     } else {
       setmaxnreg_inc<kMathRegisters>();
       consume();
@@ -156,6 +195,19 @@ class NarrowDecodeCta {
   __device__ uint32_t full_bar(int slot, int piece) const { return full_bar_ + 8 * (slot * kPiecesQK + piece); }
   __device__ uint32_t empty_bar(int slot) const { return empty_bar_ + 8 * slot; }
   __device__ uint32_t kv_slot(int slot) const { return kv_smem_ + slot * kTileBytes; }
+  // FP8 caches: ring slot, its barrier and its phase parity of the part's n-th piece.
+  __device__ uint32_t raw_slot(int n) const { return raw_smem_ + (n % kRawSlots) * kRawPieceBytes; }
+  __device__ uint32_t raw_full_bar(int n) const { return raw_full_bar_ + 8 * (n % kRawSlots); }
+  __device__ static uint32_t raw_parity(int n) { return uint32_t((n / kRawSlots) & 1); }
+
+  // Piece `piece` of cache block `block` (this CTA's kv head) to `dst`, completing `bytes` on
+  // `bar`. Coordinates (innermost first): column, then kv head and token in page in the map's
+  // order, then block.
+  __device__ void load_piece(uint32_t dst, uint32_t bar, uint32_t bytes, int piece, int block) const {
+    mbarrier_arrive_expect_tx(bar, bytes);
+    tma_load_4d(dst, kv_map_, bar, piece * kPieceCols, kv_tokens_inner_ ? 0 : kv_head_, kv_tokens_inner_ ? kv_head_ : 0,
+                block);
+  }
 
   // ------------------------------------------------------------------------------------------
   // Producer: one thread; page g of the part goes to buffer g % 2 once the warpgroup that read
@@ -175,16 +227,93 @@ class NarrowDecodeCta {
         if (loads > 0) mbarrier_wait(empty_bar(slot), uint32_t((loads - 1) & 1));
         bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
 #pragma unroll 1
-        for (int piece = 0; piece < kPiecesQK; ++piece) {
-          const uint32_t bar = full_bar(slot, piece);
-          mbarrier_arrive_expect_tx(bar, kPieceBytes);
-          // Coordinates (innermost first): column, then kv head and token in page in the map's
-          // order, then block.
-          tma_load_4d(kv_slot(slot) + piece * kPieceBytes, kv_map_, bar, piece * kPieceCols,
-                      kv_tokens_inner_ ? 0 : kv_head_, kv_tokens_inner_ ? kv_head_ : 0, block);
+        for (int piece = 0; piece < kPiecesQK; ++piece)
+          load_piece(kv_slot(slot) + piece * kPieceBytes, full_bar(slot, piece), kPieceBytes, piece, block);
+      }
+    }
+  }
+
+  // FP8 caches: the producer warpgroup. Its first thread loads the part's pieces in order
+  // (ring slot n % kRawSlots holds the n-th), each once the slot's previous piece has been read;
+  // all 128 threads convert the pieces, two per step, into page g's buffer g % 2 once the
+  // warpgroup that read the buffer's previous page has released it. The flag of a block id
+  // outside the cache is written then too, before the page's pieces are marked full.
+  static constexpr int kConversionSteps = (kPiecesQK + 1) / 2;  // pieces (0, 1), (2, 3), .., (8)
+  __device__ void convert_pages() {
+    const int thread = tid_ - kMathThreads;
+    const bool issuer = thread == 0;
+    PieceCursor next{};  // the issuer's: the next piece to load
+    if (issuer) {
+      prefetch_tensormap(kv_map_);
+      next = first_piece();
+#pragma unroll 1
+      for (int n = 0; n < kRawSlots && !done(next); ++n) load_raw_piece(next, n);
+    }
+    int n = 0;  // pieces of the part converted so far
+    int g = 0;
+    for (int req = part_.begin_req; req <= part_.end_req; ++req) {
+      const PageRange range = page_range(req);
+      const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
+      for (int page = range.begin; page < range.end; ++page, ++g) {
+        const int slot = g % kStages, loads = g / kStages;
+#pragma unroll 1
+        for (int step = 0; step < kConversionSteps; ++step) {
+          const int first = 2 * step, pieces = min(2, kPiecesQK - first);
+          uint32_t raw[2][2][4];
+#pragma unroll
+          for (int k = 0; k < 2; ++k) {
+            if (k == pieces) break;
+            mbarrier_wait(raw_full_bar(n + k), raw_parity(n + k));
+            load_raw_chunks(raw_slot(n + k), thread, raw[k]);
+          }
+          named_barrier_sync(kConvertBarrier, kConvertThreads);  // the step's ring slots are read
+          if (issuer)
+            for (int k = 0; k < pieces && !done(next); ++k) load_raw_piece(next, n + k + kRawSlots);
+          if (step == 0) {
+            if (loads > 0) mbarrier_wait(empty_bar(slot), uint32_t((loads - 1) & 1));
+            if (issuer) bad_block_[slot] = uint32_t(block_table[page]) >= uint32_t(p_.num_blocks);
+          }
+#pragma unroll
+          for (int k = 0; k < 2; ++k)
+            if (k < pieces) store_converted_chunks<Element>(raw[k], kv_slot(slot) + (first + k) * kPieceBytes, thread);
+          fence_proxy_async_smem();  // read by wgmma next
+#pragma unroll
+          for (int k = 0; k < 2; ++k)
+            if (k < pieces) mbarrier_arrive(full_bar(slot, first + k));
+          n += pieces;
         }
       }
     }
+  }
+
+  // The issuer's walk over the part's pieces: piece `piece` of page `page` of request `req`
+  // (pages up to `end`); past the part once req > part_.end_req.
+  struct PieceCursor {
+    int req, page, end, piece;
+  };
+  __device__ bool done(const PieceCursor& c) const { return c.req > part_.end_req; }
+  // From request c.req + 1 on, to the first request with pages to attend to.
+  __device__ void to_next_request(PieceCursor& c) const {
+    c.piece = 0;
+    while (++c.req <= part_.end_req) {
+      const PageRange range = page_range(c.req);
+      c.page = range.begin, c.end = range.end;
+      if (range.end > range.begin) return;
+    }
+  }
+  __device__ PieceCursor first_piece() const {
+    PieceCursor c{part_.begin_req - 1, 0, 0, 0};
+    to_next_request(c);
+    return c;
+  }
+  // Loads the cursor's piece as the part's n-th into the ring and moves the cursor on.
+  __device__ void load_raw_piece(PieceCursor& c, int n) const {
+    const int block = p_.block_table[int64_t(c.req) * p_.block_table_batch_stride + c.page];
+    load_piece(raw_slot(n), raw_full_bar(n), kRawPieceBytes, c.piece, block);
+    if (++c.piece < kPiecesQK) return;
+    c.piece = 0;
+    if (++c.page < c.end) return;
+    to_next_request(c);
   }
 
   // One producer warp: whether the part's requests have the lengths the schedule was made from,
@@ -238,12 +367,24 @@ class NarrowDecodeCta {
         }
         // Compile-time warpgroup indices keep the barrier addresses and descriptors in uniform
         // registers, so that ptxas keeps the wgmma chains pipelined.
+        int attended = 0;
         for (int page = range.begin; page < range.end; ++page, ++g) {
           if (g % kStages != wg_) continue;
           if (wg_ == 0)
             valid &= attend_page<0>(page, g, seqlen, key_limit, st);
           else
             valid &= attend_page<1>(page, g, seqlen, key_limit, st);
+          ++attended;
+        }
+        // racecheck orders shared-memory accesses by how many barriers each thread has waited at
+        // (docs/sm90-kernel-log.md, 2026-12-07): a warpgroup that attended one page fewer of the
+        // request waits at its own barrier as often as that page would have made it, so that both
+        // reach the merge's barriers at the same count. The hardware's ordering needs none of it.
+        for (int i = 2 * attended; i < (range.end - range.begin + 1) / 2 * 2; ++i) {
+          if (wg_ == 0)
+            named_barrier_sync(kWarpgroupBarrier, 128);
+          else
+            named_barrier_sync(kWarpgroupBarrier + 1, 128);
         }
       }
       mbarrier_wait(part_check_bar_, 0);  // returns at once after the first request
@@ -251,25 +392,10 @@ class NarrowDecodeCta {
     }
   }
 
-  // Q rows of this tile -> shared memory, as nine kRows x 64 pieces in the 128B-swizzle layout.
-  // Rows past rows_per_kv_head are zero and never written out.
+  // Q rows of this tile -> shared memory (q_tile.h; the loop not unrolled: unrolled, it spilt at
+  // 32 rows), published to both math warpgroups.
   __device__ void load_q(int req) {
-    constexpr int kChunksPerRow = kHeadDimQK * 2 / 16;  // 72
-    const Element* q = static_cast<const Element*>(p_.q) + int64_t(req) * p_.q_batch_stride;
-#pragma unroll 1
-    for (int idx = tid_; idx < kRows * kChunksPerRow; idx += kMathThreads) {
-      const int row = idx / kChunksPerRow, chunk = idx % kChunksPerRow;
-      const int q_row = m_block_ * kRows + row;
-      const bool valid = q_row < p_.rows_per_kv_head;
-      const Element* src = q;
-      if (valid) {
-        const QueryRow qr(p_, kv_head_, q_row);
-        src += qr.token * p_.q_seq_stride + qr.head * p_.q_head_stride + chunk * 8;
-      }
-      cp_async_16_zfill(q_smem_ + (chunk / 8) * Layout::kQPieceBytes + swizzled(row, chunk % 8), src, valid);
-    }
-    cp_async_wait_all();
-    fence_proxy_async_smem();  // the generic-proxy writes above are read by wgmma next
+    load_q_tile<Element, kFp8Q, kRows, 1>(p_, q_smem_, m_block_, kv_head_, req, tid_);
     named_barrier_sync(kMathBarrier, kMathThreads);
   }
 
@@ -531,7 +657,7 @@ class NarrowDecodeCta {
   const DecodeParams& p_;
   const CUtensorMap* const kv_map_;
   const bool kv_tokens_inner_;  // the map's dimension 1 is the token (else the kv head)
-  const uint32_t q_smem_, kv_smem_, pt_smem_, full_bar_, empty_bar_, part_check_bar_;
+  const uint32_t q_smem_, kv_smem_, pt_smem_, raw_smem_, full_bar_, empty_bar_, raw_full_bar_, part_check_bar_;
   volatile uint32_t* const part_matches_;
   volatile uint32_t* const bad_block_;
   volatile uint32_t* const valid_;
@@ -539,14 +665,14 @@ class NarrowDecodeCta {
   float* const row_sum_;
   float* const row_max_;
   const int m_block_, kv_head_, tid_, warp_, lane_, wg_;
-  const float score_scale_log2_;  // softmax scale in base 2
+  const float score_scale_log2_;  // softmax scale in base 2, times the FP8 dequantisation scales
   SchedulerPart part_;
   int last_token_;
 };
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename Element, int kRows>
+template <typename Element, int kRows, bool kFp8Q, bool kFp8Cache>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams params, const __grid_constant__ CUtensorMap kv_map,
                   bool kv_tokens_inner) {
@@ -555,8 +681,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(1024) char smem[];
   // Align the base to 1024 bytes in the shared window (the launch reserves the slack).
   const uint32_t raw = sm90::smem_u32(smem);
-  const uint32_t base = (raw + Smem<kRows>::kAlign - 1) & ~uint32_t(Smem<kRows>::kAlign - 1);
-  NarrowDecodeCta<Element, kRows>(params, &kv_map, kv_tokens_inner, base, smem + (base - raw)).run();
+  constexpr uint32_t kAlign = Smem<kRows, kFp8Cache>::kAlign;
+  const uint32_t base = (raw + kAlign - 1) & ~(kAlign - 1);
+  NarrowDecodeCta<Element, kRows, kFp8Q, kFp8Cache>(params, &kv_map, kv_tokens_inner, base, smem + (base - raw)).run();
 #else
   __trap();  // only sm_90a machine code is meant to run; the launcher refuses other GPUs
 #endif
@@ -567,12 +694,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 namespace {
 
-template <typename Element, int kRows>
+template <typename Element, int kRows, bool kFp8Q = false, bool kFp8Cache = false>
 void launch(const DecodeParams& params, cudaStream_t stream) {
   sm90::check_device();
-  const sm90::KvTensorMap kv_map = sm90::make_kv_tensor_map<Element, false>(params);
-  auto* kernel = sm90_narrow::decode_kernel<Element, kRows>;
-  constexpr int kSmemBytes = sm90_narrow::Smem<kRows>::kBytes;
+  const sm90::KvTensorMap kv_map = sm90::make_kv_tensor_map<Element, kFp8Cache>(params);
+  auto* kernel = sm90_narrow::decode_kernel<Element, kRows, kFp8Q, kFp8Cache>;
+  constexpr int kSmemBytes = sm90_narrow::Smem<kRows, kFp8Cache>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string("flash_mla_backend: the sm90 narrow decode kernel needs ") +
@@ -583,11 +710,14 @@ void launch(const DecodeParams& params, cudaStream_t stream) {
 }
 
 // Chosen only by name (FLASH_MLA_BACKEND_KERNEL) until measured against sm90 on the GPU.
+// smem_bytes: the larger of the 16-bit and the FP8 kernels' (the FP8 ring fills the rest).
 const DecodeKernel kKernels[] = {
-    {"sm90_narrow16", 16, sm90_narrow::Smem<16>::kBytes, 9, 0, /*arch_specific=*/true,
-     {&launch<__nv_bfloat16, 16>, &launch<__half, 16>}},
-    {"sm90_narrow32", 32, sm90_narrow::Smem<32>::kBytes, 9, 0, /*arch_specific=*/true,
-     {&launch<__nv_bfloat16, 32>, &launch<__half, 32>}},
+    {"sm90_narrow16", 16, sm90_narrow::Smem<16, true>::kBytes, 9, 0, /*arch_specific=*/true,
+     {&launch<__nv_bfloat16, 16>, &launch<__half, 16>, &launch<__nv_bfloat16, 16, false, true>,
+      &launch<__half, 16, false, true>, &launch<__nv_bfloat16, 16, true, true>}},
+    {"sm90_narrow32", 32, sm90_narrow::Smem<32, true>::kBytes, 9, 0, /*arch_specific=*/true,
+     {&launch<__nv_bfloat16, 32>, &launch<__half, 32>, &launch<__nv_bfloat16, 32, false, true>,
+      &launch<__half, 32, false, true>, &launch<__nv_bfloat16, 32, true, true>}},
     {nullptr, 0, 0, 0, 0, false, {}},
 };
 
