@@ -215,22 +215,27 @@ class NarrowDecodeCta {
   // (TMA fills coordinates outside the tensor with zeros); the buffer's flag, written before the
   // pieces' barriers are armed, makes the request NaN.
   // ------------------------------------------------------------------------------------------
-  __device__ void produce() {
-    prefetch_tensormap(kv_map_);
+  // Calls visit(slot, loads, block) for each page g of the part in order: its buffer g % 2, the
+  // number of pages that buffer held before, and the page's block id.
+  template <typename Visit>
+  __device__ void walk_pages(Visit&& visit) const {
     int g = 0;
     for (int req = part_.begin_req; req <= part_.end_req; ++req) {
       const PageRange range = page_range(req);
       const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
-      for (int page = range.begin; page < range.end; ++page, ++g) {
-        const int slot = g % kStages, loads = g / kStages;
-        const int block = block_table[page];
-        if (loads > 0) mbarrier_wait(empty_bar(slot), uint32_t((loads - 1) & 1));
-        bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
-#pragma unroll 1
-        for (int piece = 0; piece < kPiecesQK; ++piece)
-          load_piece(kv_slot(slot) + piece * kPieceBytes, full_bar(slot, piece), kPieceBytes, piece, block);
-      }
+      for (int page = range.begin; page < range.end; ++page, ++g) visit(g % kStages, g / kStages, block_table[page]);
     }
+  }
+
+  __device__ void produce() {
+    prefetch_tensormap(kv_map_);
+    walk_pages([&](int slot, int loads, int block) {
+      if (loads > 0) mbarrier_wait(empty_bar(slot), uint32_t((loads - 1) & 1));
+      bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
+#pragma unroll 1
+      for (int piece = 0; piece < kPiecesQK; ++piece)
+        load_piece(kv_slot(slot) + piece * kPieceBytes, full_bar(slot, piece), kPieceBytes, piece, block);
+    });
   }
 
   // FP8 caches: the producer warpgroup. Its first thread loads the part's pieces in order
@@ -250,40 +255,34 @@ class NarrowDecodeCta {
       for (int n = 0; n < kRawSlots && !done(next); ++n) load_raw_piece(next, n);
     }
     int n = 0;  // pieces of the part converted so far
-    int g = 0;
-    for (int req = part_.begin_req; req <= part_.end_req; ++req) {
-      const PageRange range = page_range(req);
-      const int* block_table = p_.block_table + int64_t(req) * p_.block_table_batch_stride;
-      for (int page = range.begin; page < range.end; ++page, ++g) {
-        const int slot = g % kStages, loads = g / kStages;
+    walk_pages([&](int slot, int loads, int block) {
 #pragma unroll 1
-        for (int step = 0; step < kConversionSteps; ++step) {
-          const int first = 2 * step, pieces = min(2, kPiecesQK - first);
-          uint32_t raw[2][2][4];
+      for (int step = 0; step < kConversionSteps; ++step) {
+        const int first = 2 * step, pieces = min(2, kPiecesQK - first);
+        uint32_t raw[2][2][4];
 #pragma unroll
-          for (int k = 0; k < 2; ++k) {
-            if (k == pieces) break;
-            mbarrier_wait(raw_full_bar(n + k), raw_parity(n + k));
-            load_raw_chunks(raw_slot(n + k), thread, raw[k]);
-          }
-          named_barrier_sync(kConvertBarrier, kConvertThreads);  // the step's ring slots are read
-          if (issuer)
-            for (int k = 0; k < pieces && !done(next); ++k) load_raw_piece(next, n + k + kRawSlots);
-          if (step == 0) {
-            if (loads > 0) mbarrier_wait(empty_bar(slot), uint32_t((loads - 1) & 1));
-            if (issuer) bad_block_[slot] = uint32_t(block_table[page]) >= uint32_t(p_.num_blocks);
-          }
-#pragma unroll
-          for (int k = 0; k < 2; ++k)
-            if (k < pieces) store_converted_chunks<Element>(raw[k], kv_slot(slot) + (first + k) * kPieceBytes, thread);
-          fence_proxy_async_smem();  // read by wgmma next
-#pragma unroll
-          for (int k = 0; k < 2; ++k)
-            if (k < pieces) mbarrier_arrive(full_bar(slot, first + k));
-          n += pieces;
+        for (int k = 0; k < 2; ++k) {
+          if (k == pieces) break;
+          mbarrier_wait(raw_full_bar(n + k), raw_parity(n + k));
+          load_raw_chunks(raw_slot(n + k), thread, raw[k]);
         }
+        named_barrier_sync(kConvertBarrier, kConvertThreads);  // the step's ring slots are read
+        if (issuer)
+          for (int k = 0; k < pieces && !done(next); ++k) load_raw_piece(next, n + k + kRawSlots);
+        if (step == 0) {
+          if (loads > 0) mbarrier_wait(empty_bar(slot), uint32_t((loads - 1) & 1));
+          if (issuer) bad_block_[slot] = uint32_t(block) >= uint32_t(p_.num_blocks);
+        }
+#pragma unroll
+        for (int k = 0; k < 2; ++k)
+          if (k < pieces) store_converted_chunks<Element>(raw[k], kv_slot(slot) + (first + k) * kPieceBytes, thread);
+        fence_proxy_async_smem();  // read by wgmma next
+#pragma unroll
+        for (int k = 0; k < 2; ++k)
+          if (k < pieces) mbarrier_arrive(full_bar(slot, first + k));
+        n += pieces;
       }
-    }
+    });
   }
 
   // The issuer's walk over the part's pieces: piece `piece` of page `page` of request `req`
